@@ -1,0 +1,5 @@
+import sys
+
+from master.main import main
+
+sys.exit(main())
