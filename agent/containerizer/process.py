@@ -1,0 +1,433 @@
+"""The process containerizer: a task is a process tree in its own session.
+
+Each task runs in a fresh sandbox, `<work_dir>/sandboxes/<framework_id>/<task_id>/`,
+with its output in the sandbox's `stdout` and `stderr` files, in its own session
+and process group (so that one signal reaches all of it), with an environment
+built from scratch (see `_environment`).
+
+Exits are seen without a thread per task: a pidfd per child is watched by the event
+loop, and the child is reaped with a non-blocking waitpid once it is readable. Before
+reaping, whatever the task left behind in its process group is SIGKILLed: the
+not-yet-reaped leader keeps the group id reserved, so the signal cannot reach a
+stranger that reused the id. That is Mesos' "destroy the container when the executor
+exits", by process group until cgroups come (a later issue).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+import signal
+import subprocess
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+import psutil
+
+from agent.containerizer import (
+    Containerizer,
+    ContainerizerOptions,
+    LaunchError,
+    LaunchSpec,
+    TaskExit,
+    TaskKey,
+)
+from corral import ids
+from corral.v1 import common_pb2
+
+logger = logging.getLogger(__name__)
+
+SHELL: Final = "/bin/sh"
+SANDBOXES: Final = "sandboxes"
+#: Separates a task id from the run number of a reused id's sandbox. It is not
+#: allowed in ids, so `a~1` can never be another task's sandbox.
+RUN_SEPARATOR: Final = "~"
+_ENV_NAME_RE: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+#: Variables the agent sets and a task may not override: they say who it is.
+RESERVED_ENV: Final = frozenset(
+    {"CORRAL_TASK_ID", "CORRAL_FRAMEWORK_ID", "CORRAL_AGENT_ID", "CORRAL_SANDBOX"}
+)
+_HAVE_PIDFD: Final = hasattr(os, "pidfd_open")
+
+
+class _Child(subprocess.Popen[bytes]):
+    """A Popen whose child the containerizer reaps itself (pidfd, then waitpid).
+
+    Popen would otherwise, once garbage-collected with its child still running
+    (an agent that shuts down leaves its tasks running), warn and queue the child
+    for reaping on the next Popen call, stealing its exit status from us.
+    """
+
+    def __del__(self) -> None:
+        """Nothing to do: the containerizer owns the child's lifecycle."""
+
+
+@dataclass(slots=True, eq=False)
+class _Process:
+    """One running task."""
+
+    key: TaskKey
+    child: _Child
+    exited: asyncio.Future[TaskExit]
+    log_context: dict[str, str]
+    pidfd: int | None = None
+    kill_requested: bool = False
+    grace_period: float = 0.0
+    escalation: asyncio.TimerHandle | None = None
+    escalated: bool = False
+
+    @property
+    def pid(self) -> int:
+        return self.child.pid
+
+
+class ProcessContainerizer(Containerizer):
+    """Runs each task as a process group on this host (Mesos' posix launcher).
+
+    Create it inside the running event loop that will watch the tasks.
+    """
+
+    name = "process"
+
+    def __init__(self, options: ContainerizerOptions) -> None:
+        super().__init__(options)
+        self._loop = asyncio.get_running_loop()
+        self._sandboxes = options.work_dir / SANDBOXES
+        self._processes: dict[TaskKey, _Process] = {}
+        self._fallback_watcher: asyncio.ThreadedChildWatcher | None = None
+        if os.geteuid() == 0:
+            logger.warning(
+                "process containerizer: cgroup isolation is not implemented yet; tasks are "
+                "contained and killed by process group only, without cpu, memory or pids limits"
+            )
+        else:
+            logger.warning(
+                "process containerizer: not running as root, so no cgroup isolation; tasks are "
+                "contained and killed by process group only, without cpu, memory or pids limits"
+            )
+
+    # -- launch -------------------------------------------------------------
+
+    async def launch(self, spec: LaunchSpec) -> asyncio.Future[TaskExit]:
+        # Deliberately no await: a launch is one Popen on the loop, no thread hop.
+        return self._spawn(spec)
+
+    def _spawn(self, spec: LaunchSpec) -> asyncio.Future[TaskExit]:
+        task = spec.task
+        key = spec.key
+        context = {"framework_id": spec.framework_id, "task_id": task.task_id}
+        # The master validated the ids already; they become paths, so check again.
+        try:
+            ids.check_id("framework id", spec.framework_id)
+            ids.check_id("task id", task.task_id)
+        except ids.InvalidId as exc:
+            raise _invalid(str(exc)) from None
+        if key in self._processes:
+            raise _invalid(f"task {task.task_id!r} of framework {spec.framework_id!r} is already running")
+        argv, executable = _command(task.command)
+        task_env = _task_environment(task.command)
+        ports = _ports(task.resources)
+
+        sandbox = self._make_sandbox(spec.framework_id, task.task_id)
+        env = dict(self.options.environment)
+        env["HOME"] = str(sandbox)
+        env["PORTS"] = ",".join(map(str, ports))
+        for index, port in enumerate(ports):
+            env[f"PORT{index}"] = str(port)
+        # The task's own variables may replace the above (the SDK sets PORTn
+        # itself, to the same values), but not the ones that say who it is.
+        env.update(task_env)
+        env["CORRAL_TASK_ID"] = task.task_id
+        env["CORRAL_FRAMEWORK_ID"] = spec.framework_id
+        env["CORRAL_AGENT_ID"] = spec.agent_id
+        env["CORRAL_SANDBOX"] = str(sandbox)
+
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+        try:
+            stdout = os.open(sandbox / "stdout", flags, 0o644)
+        except OSError as exc:
+            raise _launch_failed(f"cannot create {sandbox / 'stdout'}: {exc.strerror}") from None
+        try:
+            stderr = os.open(sandbox / "stderr", flags, 0o644)
+        except OSError as exc:
+            os.close(stdout)
+            raise _launch_failed(f"cannot create {sandbox / 'stderr'}: {exc.strerror}") from None
+        try:
+            child = _Child(
+                argv,
+                executable=executable,
+                cwd=sandbox,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=stdout,
+                stderr=stderr,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            message = f"cannot run {executable or argv[0]!r}: {exc.strerror or exc}"
+            # Say it where the task's author looks first, too.
+            os.write(stderr, f"corral: {message}\n".encode())
+            raise _launch_failed(message) from None
+        finally:
+            os.close(stdout)
+            os.close(stderr)
+
+        proc = _Process(key=key, child=child, exited=self._loop.create_future(), log_context=context)
+        self._processes[key] = proc
+        self._watch(proc)
+        logger.debug("started pid %d in %s", child.pid, sandbox, extra=context)
+        return proc.exited
+
+    def _make_sandbox(self, framework_id: str, task_id: str) -> Path:
+        """A new directory for this run; a reused task id gets `<task_id>~N`, never an old one."""
+        parent = self._sandboxes / framework_id
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+            run = 0
+            while True:
+                path = parent / (task_id if run == 0 else f"{task_id}{RUN_SEPARATOR}{run}")
+                try:
+                    path.mkdir()
+                except FileExistsError:
+                    run += 1
+                else:
+                    return path
+        except OSError as exc:
+            raise _launch_failed(f"cannot create a sandbox under {parent}: {exc.strerror or exc}") from None
+
+    # -- exits --------------------------------------------------------------
+
+    def _watch(self, proc: _Process) -> None:
+        if _HAVE_PIDFD:
+            try:
+                proc.pidfd = os.pidfd_open(proc.pid)
+            except OSError as exc:
+                logger.warning(
+                    "pidfd_open(%d) failed (%s): watching it with a thread instead",
+                    proc.pid,
+                    exc,
+                    extra=proc.log_context,
+                )
+            else:
+                self._loop.add_reader(proc.pidfd, self._on_pidfd_readable, proc)
+                return
+        if self._fallback_watcher is None:
+            self._fallback_watcher = asyncio.ThreadedChildWatcher()
+        self._fallback_watcher.add_child_handler(proc.pid, self._on_reaped, proc)
+
+    def _on_pidfd_readable(self, proc: _Process) -> None:
+        try:
+            # Peek (WNOWAIT) so that the leader stays a zombie, holding its group
+            # id, while the rest of its group is killed.
+            peek = os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            self._unwatch(proc)
+            self._finish(proc, None)
+            return
+        if peek is None:
+            return  # Not exited after all; the pidfd stays watched.
+        self._unwatch(proc)
+        self._signal_group(proc, signal.SIGKILL)
+        try:
+            _, status = os.waitpid(proc.pid, os.WNOHANG)
+        except ChildProcessError:
+            self._finish(proc, None)
+        else:
+            self._finish(proc, os.waitstatus_to_exitcode(status))
+
+    def _on_reaped(self, pid: int, returncode: int, proc: _Process) -> None:
+        """The fallback watcher's callback, on the loop. The leader is reaped already,
+        so its group id could in theory be reused before the clean-up kill below."""
+        if self._processes.get(proc.key) is not proc:
+            return  # Closed meanwhile: the agent no longer watches this task.
+        self._signal_group(proc, signal.SIGKILL)
+        self._finish(proc, returncode)
+
+    def _unwatch(self, proc: _Process) -> None:
+        if proc.pidfd is not None:
+            self._loop.remove_reader(proc.pidfd)
+            os.close(proc.pidfd)
+            proc.pidfd = None
+
+    def _finish(self, proc: _Process, returncode: int | None) -> None:
+        if proc.escalation is not None:
+            proc.escalation.cancel()
+            proc.escalation = None
+        del self._processes[proc.key]
+        outcome = _outcome(proc, returncode)
+        logger.debug("pid %d ended: %s", proc.pid, outcome.message, extra=proc.log_context)
+        if not proc.exited.done():
+            proc.exited.set_result(outcome)
+
+    # -- kill ---------------------------------------------------------------
+
+    async def kill(self, key: TaskKey, grace_period: float) -> None:
+        proc = self._processes.get(key)
+        if proc is None:
+            return
+        deadline = self._loop.time() + grace_period
+        if proc.kill_requested:
+            if proc.escalation is not None and deadline < proc.escalation.when():
+                proc.escalation.cancel()
+                proc.grace_period = grace_period
+                proc.escalation = self._loop.call_at(deadline, self._escalate, proc)
+            return
+        proc.kill_requested = True
+        proc.grace_period = grace_period
+        logger.info(
+            "killing pid %d: SIGTERM, SIGKILL after %g s", proc.pid, grace_period, extra=proc.log_context
+        )
+        self._signal_group(proc, signal.SIGTERM)
+        proc.escalation = self._loop.call_at(deadline, self._escalate, proc)
+
+    def _escalate(self, proc: _Process) -> None:
+        proc.escalation = None
+        proc.escalated = True
+        logger.info("pid %d outlived its grace period: SIGKILL", proc.pid, extra=proc.log_context)
+        self._signal_group(proc, signal.SIGKILL)
+
+    def _signal_group(self, proc: _Process, sig: signal.Signals) -> None:
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            pass  # The whole group is gone already.
+        except PermissionError as exc:
+            logger.error(
+                "cannot send %s to process group %d: %s", sig.name, proc.pid, exc, extra=proc.log_context
+            )
+
+    # -- usage --------------------------------------------------------------
+
+    async def usage(self) -> dict[TaskKey, common_pb2.ResourceUsage]:
+        """Sum cpu time, rss and process count over each task's process group.
+
+        One pass over the host's processes serves every task; a process counts for
+        the task whose group it is in, wherever in the tree it was re-parented.
+        """
+        groups = {proc.pid: proc.key for proc in self._processes.values()}
+        if not groups:
+            return {}
+        now = time.time()
+        totals: dict[TaskKey, common_pb2.ResourceUsage] = {}
+        for process in psutil.process_iter():
+            try:
+                key = groups.get(os.getpgid(process.pid))
+                if key is None:
+                    continue
+                with process.oneshot():
+                    cpu = process.cpu_times()
+                    rss = process.memory_info().rss
+            except (ProcessLookupError, psutil.NoSuchProcess, psutil.AccessDenied):
+                continue  # It ended while we looked, or is not ours to read.
+            usage = totals.get(key)
+            if usage is None:
+                usage = totals[key] = common_pb2.ResourceUsage(timestamp=now)
+            # children_* holds the cpu of reaped children, which are no longer listed.
+            usage.cpu_user_seconds += cpu.user + cpu.children_user
+            usage.cpu_system_seconds += cpu.system + cpu.children_system
+            usage.mem_rss_bytes += rss
+            usage.processes += 1
+        return totals
+
+    # -- shutdown -----------------------------------------------------------
+
+    async def close(self) -> None:
+        """Stop watching; running tasks keep running. A task whose kill was under
+        way is SIGKILLed now, since nobody would be left to finish the kill."""
+        for proc in list(self._processes.values()):
+            self._unwatch(proc)
+            if proc.kill_requested:
+                if proc.escalation is not None:
+                    proc.escalation.cancel()
+                logger.warning(
+                    "agent stopping while killing pid %d: SIGKILL now", proc.pid, extra=proc.log_context
+                )
+                self._signal_group(proc, signal.SIGKILL)
+        self._processes.clear()
+        if self._fallback_watcher is not None:
+            self._fallback_watcher.close()
+
+
+# -- helpers ----------------------------------------------------------------
+
+
+def _invalid(message: str) -> LaunchError:
+    return LaunchError(message, state=common_pb2.TASK_ERROR, reason=common_pb2.REASON_TASK_INVALID)
+
+
+def _launch_failed(message: str) -> LaunchError:
+    return LaunchError(message, state=common_pb2.TASK_FAILED, reason=common_pb2.REASON_LAUNCH_FAILED)
+
+
+def _command(command: common_pb2.CommandInfo) -> tuple[list[str], str | None]:
+    """argv and executable, as the proto says: `sh -c value`, or `value` with argv `arguments`."""
+    if not command.value:
+        raise _invalid("the task has no command: CommandInfo.value is empty")
+    if command.shell:
+        argv, executable = [SHELL, "-c", command.value], None
+    else:
+        argv, executable = list(command.arguments) or [command.value], command.value
+    for arg in argv:
+        if "\0" in arg:
+            raise _invalid(f"the command contains a NUL character: {arg!r}")
+    return argv, executable
+
+
+def _task_environment(command: common_pb2.CommandInfo) -> dict[str, str]:
+    env = dict(command.environment)
+    for name, value in env.items():
+        if not _ENV_NAME_RE.fullmatch(name):
+            raise _invalid(
+                f"environment variable name {name!r} is not allowed: use letters, digits and '_', "
+                "not starting with a digit"
+            )
+        if name in RESERVED_ENV:
+            raise _invalid(f"environment variable {name} is set by the agent; the task may not set it")
+        if "\0" in value:
+            raise _invalid(f"environment variable {name} contains a NUL character")
+    return env
+
+
+def _ports(resources: Iterable[common_pb2.Resource]) -> list[int]:
+    """The task's ports in the order its ranges list them: PORT0, PORT1, ..."""
+    return [
+        port
+        for resource in resources
+        if resource.name == "ports"
+        for span in resource.ranges
+        for port in range(span.begin, span.end + 1)
+    ]
+
+
+def _describe(returncode: int) -> str:
+    if returncode >= 0:
+        return f"exited with code {returncode}"
+    number = -returncode
+    try:
+        name = signal.Signals(number).name
+    except ValueError:
+        name = f"signal {number}"
+    return f"killed by signal {name} ({number})"
+
+
+def _outcome(proc: _Process, returncode: int | None) -> TaskExit:
+    exit_code = returncode if returncode is not None and returncode >= 0 else None
+    if returncode is None:
+        detail = "its exit status was lost: another process reaped it"
+    else:
+        detail = _describe(returncode)
+    if proc.kill_requested:
+        if proc.escalated:
+            how = f"SIGTERM, then SIGKILL after the {proc.grace_period:g} s grace period"
+        else:
+            how = "SIGTERM"
+        message = f"killed on request ({how}): {detail}"
+        return TaskExit(common_pb2.TASK_KILLED, common_pb2.REASON_KILLED_BY_FRAMEWORK, message, exit_code)
+    if returncode == 0:
+        return TaskExit(common_pb2.TASK_FINISHED, common_pb2.REASON_COMMAND_EXITED, detail, exit_code)
+    return TaskExit(common_pb2.TASK_FAILED, common_pb2.REASON_COMMAND_EXITED, detail, exit_code)
