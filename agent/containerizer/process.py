@@ -21,6 +21,7 @@ import os
 import re
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -99,7 +100,6 @@ class ProcessContainerizer(Containerizer):
         self._loop = asyncio.get_running_loop()
         self._sandboxes = options.work_dir / SANDBOXES
         self._processes: dict[TaskKey, _Process] = {}
-        self._fallback_watcher: asyncio.ThreadedChildWatcher | None = None
         if os.geteuid() == 0:
             logger.warning(
                 "process containerizer: cgroup isolation is not implemented yet; tasks are "
@@ -170,8 +170,11 @@ class ProcessContainerizer(Containerizer):
             )
         except OSError as exc:
             message = f"cannot run {executable or argv[0]!r}: {exc.strerror or exc}"
-            # Say it where the task's author looks first, too.
-            os.write(stderr, f"corral: {message}\n".encode())
+            try:
+                # Say it where the task's author looks first, too.
+                os.write(stderr, f"corral: {message}\n".encode())
+            except OSError as write_error:
+                logger.debug("cannot write to %s: %s", sandbox / "stderr", write_error, extra=context)
             raise _launch_failed(message) from None
         finally:
             os.close(stdout)
@@ -216,9 +219,23 @@ class ProcessContainerizer(Containerizer):
             else:
                 self._loop.add_reader(proc.pidfd, self._on_pidfd_readable, proc)
                 return
-        if self._fallback_watcher is None:
-            self._fallback_watcher = asyncio.ThreadedChildWatcher()
-        self._fallback_watcher.add_child_handler(proc.pid, self._on_reaped, proc)
+        # What asyncio's ThreadedChildWatcher did (deprecated in 3.12, gone in 3.14):
+        # one thread blocked in waitpid, for kernels without pidfds (before 5.3).
+        threading.Thread(
+            target=self._wait_in_thread, args=(proc,), name=f"waitpid-{proc.pid}", daemon=True
+        ).start()
+
+    def _wait_in_thread(self, proc: _Process) -> None:
+        """Runs in the fallback thread: reap the child, hand its status to the loop."""
+        try:
+            _, status = os.waitpid(proc.pid, 0)
+            returncode: int | None = os.waitstatus_to_exitcode(status)
+        except ChildProcessError:
+            returncode = None
+        try:
+            self._loop.call_soon_threadsafe(self._on_reaped, proc, returncode)
+        except RuntimeError:
+            logger.debug("pid %d ended after the event loop closed", proc.pid, extra=proc.log_context)
 
     def _on_pidfd_readable(self, proc: _Process) -> None:
         try:
@@ -240,9 +257,9 @@ class ProcessContainerizer(Containerizer):
         else:
             self._finish(proc, os.waitstatus_to_exitcode(status))
 
-    def _on_reaped(self, pid: int, returncode: int, proc: _Process) -> None:
-        """The fallback watcher's callback, on the loop. The leader is reaped already,
-        so its group id could in theory be reused before the clean-up kill below."""
+    def _on_reaped(self, proc: _Process, returncode: int | None) -> None:
+        """The fallback thread's result, on the loop. The leader is reaped already, so
+        its group id could in theory be reused before the clean-up kill below."""
         if self._processes.get(proc.key) is not proc:
             return  # Closed meanwhile: the agent no longer watches this task.
         self._signal_group(proc, signal.SIGKILL)
@@ -349,8 +366,6 @@ class ProcessContainerizer(Containerizer):
                 )
                 self._signal_group(proc, signal.SIGKILL)
         self._processes.clear()
-        if self._fallback_watcher is not None:
-            self._fallback_watcher.close()
 
 
 # -- helpers ----------------------------------------------------------------
