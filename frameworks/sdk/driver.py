@@ -134,6 +134,8 @@ class SchedulerDriver:
         self._subscription: _Stream | None = None
         self._reading = False
         self._teardown_on_cancel = False
+        # Set once the framework was torn down or removed (see `_forget`).
+        self._gone = False
         # Implicit acknowledgements waiting for the next batch.
         self._acks: list[scheduler_pb2.AcknowledgeRequest.Ack] = []
         self._ack_task: asyncio.Task[None] | None = None
@@ -321,13 +323,14 @@ class SchedulerDriver:
         elif kind == "update":
             status = event.update.status
             await self._invoke(self._scheduler.update, status)
-            if self._implicit_acks and status.uuid:
+            if self._implicit_acks and status.uuid and not self._gone:
                 self._acks.append(Ack(agent_id=status.agent_id, task_id=status.task_id, uuid=status.uuid))
                 self._schedule_ack_flush()
         elif kind == "heartbeat":
             log.debug("heartbeat from master %s", self._address, extra=self._context())
         elif kind == "error":
             log.error("master removed the framework: %s", event.error.message, extra=self._context())
+            self._forget()
             await self._invoke(self._scheduler.error, event.error.message)
             self.stop()
         else:
@@ -396,7 +399,9 @@ class SchedulerDriver:
                 try:
                     await self._send_acks(batch)
                 except CallError as exc:
-                    log.warning(
+                    # Once the framework is gone they no longer matter.
+                    log.log(
+                        logging.DEBUG if self._gone else logging.WARNING,
                         "%d acknowledgements were not delivered (%s); the agents will resend those updates",
                         len(batch),
                         exc,
@@ -525,9 +530,13 @@ class SchedulerDriver:
         request = scheduler_pb2.TeardownRequest(framework_id=framework_id, stream_id=stream_id)
         await self._rpc("Teardown", stub.Teardown(request, timeout=self._call_timeout))
         log.info("tore the framework down", extra=self._context())
-        # Updates of a framework that no longer exists need no acknowledgement.
-        self._acks.clear()
+        self._forget()
         self.stop()
+
+    def _forget(self) -> None:
+        """The framework no longer exists: its updates need no acknowledgement."""
+        self._gone = True
+        self._acks.clear()
 
     async def _teardown_while_cancelled(self) -> None:
         try:
