@@ -91,6 +91,8 @@ async def run_command(
         driving.result()  # re-raises what ended the driver
         raise RunError("the driver stopped before the task ended")
     finally:
+        if not runner.result.done():
+            runner.result.cancel()  # interrupted: nothing may set it any more
         if not driving.done():
             if driver.subscribed:
                 try:
@@ -99,8 +101,6 @@ async def run_command(
                     log.warning("could not tear the framework down: %s", exc)
             driver.stop()
             await driving
-        if not runner.result.done():
-            runner.result.cancel()
 
 
 def exit_code(status: common_pb2.TaskStatus) -> int:

@@ -136,6 +136,7 @@ class SchedulerDriver:
         self._teardown_on_cancel = False
         # Set once the framework was torn down or removed (see `_forget`).
         self._gone = False
+        self._tearing_down = False
         # Implicit acknowledgements waiting for the next batch.
         self._acks: list[scheduler_pb2.AcknowledgeRequest.Ack] = []
         self._ack_task: asyncio.Task[None] | None = None
@@ -329,9 +330,13 @@ class SchedulerDriver:
         elif kind == "heartbeat":
             log.debug("heartbeat from master %s", self._address, extra=self._context())
         elif kind == "error":
-            log.error("master removed the framework: %s", event.error.message, extra=self._context())
             self._forget()
-            await self._invoke(self._scheduler.error, event.error.message)
+            if self._tearing_down:
+                # The master confirms the teardown this driver asked for.
+                log.info("master ended the framework: %s", event.error.message, extra=self._context())
+            else:
+                log.error("master removed the framework: %s", event.error.message, extra=self._context())
+                await self._invoke(self._scheduler.error, event.error.message)
             self.stop()
         else:
             log.warning("ignoring an unexpected %s event", kind, extra=self._context())
@@ -524,11 +529,17 @@ class SchedulerDriver:
         """End the framework: the master kills all its tasks and forgets it.
 
         Then the driver stops. Raises CallError (and keeps running) if the
-        master refused or could not be reached.
+        master refused or could not be reached. The ERROR event with which
+        the master may confirm the teardown does not reach `error()`.
         """
         stub, framework_id, stream_id = self._session_for("Teardown")
         request = scheduler_pb2.TeardownRequest(framework_id=framework_id, stream_id=stream_id)
-        await self._rpc("Teardown", stub.Teardown(request, timeout=self._call_timeout))
+        self._tearing_down = True
+        try:
+            await self._rpc("Teardown", stub.Teardown(request, timeout=self._call_timeout))
+        except CallError:
+            self._tearing_down = False
+            raise
         log.info("tore the framework down", extra=self._context())
         self._forget()
         self.stop()

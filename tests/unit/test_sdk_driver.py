@@ -47,6 +47,8 @@ class FakeMaster(scheduler_pb2_grpc.SchedulerServiceServicer):
         self.stream_id = ""
         self.refuse: dict[str, tuple[grpc.StatusCode, str, tuple[tuple[str, str], ...]]] = {}
         self.ack_gate: asyncio.Event | None = None
+        self.confirm_teardown = False
+        self._sent = asyncio.Event()
         self._outbox: asyncio.Queue[Event | grpc.StatusCode | None] = asyncio.Queue()
         self.changed = asyncio.Condition()
 
@@ -94,6 +96,7 @@ class FakeMaster(scheduler_pb2_grpc.SchedulerServiceServicer):
             if isinstance(item, grpc.StatusCode):
                 await context.abort(item, "scripted stream failure")
             yield item
+            self._sent.set()
 
     async def _unary(self, name: str, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         await self._record(name, request)
@@ -104,6 +107,11 @@ class FakeMaster(scheduler_pb2_grpc.SchedulerServiceServicer):
             await context.abort(code, details)
         if name == "Acknowledge" and self.ack_gate is not None:
             await self.ack_gate.wait()
+        if name == "Teardown" and self.confirm_teardown:
+            # As the real master does: an ERROR event, sent before the answer.
+            self._sent.clear()
+            self._outbox.put_nowait(Event(error=Event.Error(message="the framework asked for teardown")))
+            await self._sent.wait()
         return scheduler_pb2.CallResponse()
 
     async def Accept(self, request: Any, context: Any) -> Any:
@@ -349,6 +357,22 @@ def test_an_error_event_stops_the_driver_without_resubscribing() -> None:
         assert scheduler.kinds("error") == ["framework removed"]
         assert len(master.subscriptions) == 1
         assert not scheduler.kinds("disconnected")
+
+    asyncio.run(main())
+
+
+def test_the_error_event_confirming_a_teardown_is_not_an_error() -> None:
+    async def main() -> None:
+        master, scheduler = FakeMaster(), Recorder()
+        master.confirm_teardown = True
+        async with serve(master) as address:
+            driver = SchedulerDriver(scheduler, master=address)
+            run = asyncio.create_task(driver.run())
+            await scheduler.wait(lambda: bool(scheduler.kinds("subscribed")))
+            await driver.teardown()
+            await finish(run)
+        assert scheduler.kinds("error") == []
+        assert len(master.subscriptions) == 1
 
     asyncio.run(main())
 
