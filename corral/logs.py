@@ -48,3 +48,5 @@ def setup(level: str = "INFO", *, json_lines: bool = False, name: str = "") -> N
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # grpc's own debug lines (one per event-loop poll) drown everything else.
+    logging.getLogger("grpc").setLevel(max(logging.INFO, root.level))

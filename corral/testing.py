@@ -1,0 +1,179 @@
+"""A real local cluster for tests and benchmarks: `master` and `agent` processes on 127.0.0.1.
+
+Every process is started here, by us, and ended here by pid. Tasks that
+agents started run in their own sessions and deliberately outlive their agent
+(agent restarts must not kill them), so `close()` also ends the processes
+whose working directory lies in this cluster's own sandboxes, checking each
+one's cwd before signalling it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+import grpc
+import psutil
+
+from corral.net import CHANNEL_OPTIONS
+from corral.v1 import operator_pb2, operator_pb2_grpc
+
+T = TypeVar("T")
+
+#: Short timers so that tests observe failures in seconds.
+FAST_MASTER_FLAGS = (
+    "--agent-heartbeat-interval", "0.5",
+    "--agent-timeout", "3",
+    "--framework-heartbeat-interval", "1",
+    "--log-level", "DEBUG",
+)
+
+
+def wait_for(condition: Callable[[], T], timeout: float = 20.0, what: str = "condition", interval: float = 0.02) -> T:
+    """Poll `condition` until it returns something truthy; fail naming `what`."""
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            result = condition()
+        except (grpc.RpcError, OSError, ValueError, KeyError) as exc:
+            last_error = exc
+        else:
+            if result:
+                return result
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}" + (f" (last error: {last_error})" if last_error else ""))
+
+
+class Process:
+    def __init__(self, name: str, args: list[str], log: Path, env: dict[str, str] | None = None) -> None:
+        self.name = name
+        self.args = args
+        self.log = log
+        self._log_file = open(log, "ab")  # noqa: SIM115 (closed in stop)
+        self.popen = subprocess.Popen(
+            args, stdout=self._log_file, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def signal(self, sig: int) -> None:
+        if self.alive():
+            os.kill(self.popen.pid, sig)
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        if self.alive():
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(5)
+        self._log_file.close()
+        return self.popen.returncode
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+class Cluster:
+    """Start masters and agents under `root`; `close()` ends all of it."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.processes: list[Process] = []
+        self.master_address = ""
+        self._channel: grpc.Channel | None = None
+        self._agents = 0
+
+    # -- processes -------------------------------------------------------
+
+    def start_master(self, *flags: str, name: str = "master", port: int = 0) -> str:
+        work = self.root / name
+        work.mkdir(parents=True, exist_ok=True)
+        port_file = work / "port"
+        port_file.unlink(missing_ok=True)
+        proc = self._spawn(name, [
+            sys.executable, "-m", "master", "--listen", f"127.0.0.1:{port}",
+            "--work-dir", str(work), "--port-file", str(port_file), *FAST_MASTER_FLAGS, *flags,
+        ])
+        bound = wait_for(lambda: port_file.exists() and port_file.read_text().strip() or self._dead(proc),
+                         what=f"{name} to listen")
+        self.master_address = f"127.0.0.1:{bound}"
+        if self._channel is not None:
+            self._channel.close()
+        self._channel = grpc.insecure_channel(self.master_address, options=CHANNEL_OPTIONS)
+        return self.master_address
+
+    def start_agent(
+        self, *flags: str, name: str | None = None,
+        resources: str = "cpus:4;mem:4096;disk:4096;ports:[31000-31099]",
+    ) -> Process:
+        if name is None:
+            self._agents += 1
+            name = f"agent{self._agents}"
+        work = self.root / name
+        work.mkdir(parents=True, exist_ok=True)
+        return self._spawn(name, [
+            sys.executable, "-m", "agent", "--master", self.master_address, "--work-dir", str(work),
+            "--resources", resources, "--hostname", name, "--log-level", "DEBUG", *flags,
+        ])
+
+    def _spawn(self, name: str, args: list[str]) -> Process:
+        proc = Process(name, args, self.root / f"{name}.log")
+        self.processes.append(proc)
+        return proc
+
+    @staticmethod
+    def _dead(proc: Process) -> None:
+        if not proc.alive():
+            raise AssertionError(f"{proc.name} exited with {proc.popen.returncode}:\n{proc.output()[-3000:]}")
+
+    def close(self) -> None:
+        for proc in reversed(self.processes):
+            proc.stop()
+        if self._channel is not None:
+            self._channel.close()
+        self.kill_tasks()
+
+    def kill_tasks(self) -> list[int]:
+        """End task processes whose working directory is inside this cluster."""
+        root = str(self.root.resolve())
+        killed = []
+        for p in psutil.process_iter(["pid", "cwd"]):
+            cwd = p.info.get("cwd") or ""
+            if cwd == root or cwd.startswith(root + os.sep):
+                try:
+                    os.killpg(p.pid, signal.SIGKILL) if os.getpgid(p.pid) == p.pid else p.kill()
+                    killed.append(p.pid)
+                except (ProcessLookupError, psutil.Error):
+                    pass
+        return killed
+
+    def logs(self) -> str:
+        return "\n".join(f"===== {p.name} =====\n{p.output()[-6000:]}" for p in self.processes)
+
+    # -- observation -----------------------------------------------------
+
+    def state(self) -> operator_pb2.State:
+        assert self._channel is not None, "start a master first"
+        stub = operator_pb2_grpc.OperatorServiceStub(self._channel)
+        return stub.GetState(operator_pb2.GetStateRequest(), timeout=5)
+
+    def wait_agents(self, count: int, status: str = "active", timeout: float = 20.0) -> operator_pb2.State:
+        def ready() -> operator_pb2.State | None:
+            state = self.state()
+            return state if sum(a.status == status for a in state.agents) == count else None
+
+        return wait_for(ready, timeout, f"{count} agents {status}")
