@@ -28,14 +28,20 @@ T = TypeVar("T")
 
 #: Short timers so that tests observe failures in seconds.
 FAST_MASTER_FLAGS = (
-    "--agent-heartbeat-interval", "0.5",
-    "--agent-timeout", "3",
-    "--framework-heartbeat-interval", "1",
-    "--log-level", "DEBUG",
+    "--agent-heartbeat-interval",
+    "0.5",
+    "--agent-timeout",
+    "3",
+    "--framework-heartbeat-interval",
+    "1",
+    "--log-level",
+    "DEBUG",
 )
 
 
-def wait_for(condition: Callable[[], T], timeout: float = 20.0, what: str = "condition", interval: float = 0.02) -> T:
+def wait_for(
+    condition: Callable[[], T], timeout: float = 20.0, what: str = "condition", interval: float = 0.02
+) -> T:
     """Poll `condition` until it returns something truthy; fail naming `what`."""
     deadline = time.monotonic() + timeout
     last_error: Exception | None = None
@@ -48,7 +54,10 @@ def wait_for(condition: Callable[[], T], timeout: float = 20.0, what: str = "con
             if result:
                 return result
         time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}" + (f" (last error: {last_error})" if last_error else ""))
+    raise AssertionError(
+        f"timed out after {timeout} s waiting for {what}"
+        + (f" (last error: {last_error})" if last_error else "")
+    )
 
 
 class Process:
@@ -104,12 +113,26 @@ class Cluster:
         work.mkdir(parents=True, exist_ok=True)
         port_file = work / "port"
         port_file.unlink(missing_ok=True)
-        proc = self._spawn(name, [
-            sys.executable, "-m", "master", "--listen", f"127.0.0.1:{port}",
-            "--work-dir", str(work), "--port-file", str(port_file), *FAST_MASTER_FLAGS, *flags,
-        ])
-        bound = wait_for(lambda: port_file.exists() and port_file.read_text().strip() or self._dead(proc),
-                         what=f"{name} to listen")
+        proc = self._spawn(
+            name,
+            [
+                sys.executable,
+                "-m",
+                "master",
+                "--listen",
+                f"127.0.0.1:{port}",
+                "--work-dir",
+                str(work),
+                "--port-file",
+                str(port_file),
+                *FAST_MASTER_FLAGS,
+                *flags,
+            ],
+        )
+        bound = wait_for(
+            lambda: (port_file.exists() and port_file.read_text().strip()) or self._dead(proc),
+            what=f"{name} to listen",
+        )
         self.master_address = f"127.0.0.1:{bound}"
         if self._channel is not None:
             self._channel.close()
@@ -117,7 +140,9 @@ class Cluster:
         return self.master_address
 
     def start_agent(
-        self, *flags: str, name: str | None = None,
+        self,
+        *flags: str,
+        name: str | None = None,
         resources: str = "cpus:4;mem:4096;disk:4096;ports:[31000-31099]",
     ) -> Process:
         if name is None:
@@ -125,10 +150,25 @@ class Cluster:
             name = f"agent{self._agents}"
         work = self.root / name
         work.mkdir(parents=True, exist_ok=True)
-        return self._spawn(name, [
-            sys.executable, "-m", "agent", "--master", self.master_address, "--work-dir", str(work),
-            "--resources", resources, "--hostname", name, "--log-level", "DEBUG", *flags,
-        ])
+        return self._spawn(
+            name,
+            [
+                sys.executable,
+                "-m",
+                "agent",
+                "--master",
+                self.master_address,
+                "--work-dir",
+                str(work),
+                "--resources",
+                resources,
+                "--hostname",
+                name,
+                "--log-level",
+                "DEBUG",
+                *flags,
+            ],
+        )
 
     def _spawn(self, name: str, args: list[str]) -> Process:
         proc = Process(name, args, self.root / f"{name}.log")

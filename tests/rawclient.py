@@ -14,12 +14,19 @@ from corral.v1 import common_pb2, scheduler_pb2, scheduler_pb2_grpc
 
 
 class RawFramework:
-    def __init__(self, address: str, name: str = "raw", roles: tuple[str, ...] = (), failover: float = 0.0,
-                 framework_id: str = "") -> None:
+    def __init__(
+        self,
+        address: str,
+        name: str = "raw",
+        roles: tuple[str, ...] = (),
+        failover: float = 0.0,
+        framework_id: str = "",
+    ) -> None:
         self.channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
         self.stub = scheduler_pb2_grpc.SchedulerServiceStub(self.channel)
-        self.info = common_pb2.FrameworkInfo(id=framework_id, name=name, roles=list(roles),
-                                             failover_timeout_seconds=failover)
+        self.info = common_pb2.FrameworkInfo(
+            id=framework_id, name=name, roles=list(roles), failover_timeout_seconds=failover
+        )
         self.events: queue.Queue[scheduler_pb2.Event | Exception] = queue.Queue()
         self.framework_id = ""
         self.stream_id = ""
@@ -71,12 +78,18 @@ class RawFramework:
         self.channel.close()
 
 
-def task_info(task_id: str, agent_id: str, command: str = "true", cpus: float = 0.1, mem: float = 32,
-              **extra: Any) -> common_pb2.TaskInfo:
+def task_info(
+    task_id: str, agent_id: str, command: str = "true", cpus: float = 0.1, mem: float = 32, **extra: Any
+) -> common_pb2.TaskInfo:
     return common_pb2.TaskInfo(
-        task_id=task_id, agent_id=agent_id,
-        resources=[common_pb2.Resource(name="cpus", scalar=cpus), common_pb2.Resource(name="mem", scalar=mem)],
-        command=common_pb2.CommandInfo(value=command, shell=True), **extra,
+        task_id=task_id,
+        agent_id=agent_id,
+        resources=[
+            common_pb2.Resource(name="cpus", scalar=cpus),
+            common_pb2.Resource(name="mem", scalar=mem),
+        ],
+        command=common_pb2.CommandInfo(value=command, shell=True),
+        **extra,
     )
 
 

@@ -77,15 +77,18 @@ class Recorder(Scheduler):
         try:
             return await asyncio.wait_for(loop(), timeout)
         except TimeoutError:
-            raise AssertionError(f"timed out waiting for {what or condition}; updates: "
-                                 f"{ {t: [S.TaskState.Name(s) for s in self.states(t)] for t in self.updates} }") from None
+            raise AssertionError(
+                f"timed out waiting for {what or condition}; updates: "
+                f"{ {t: [S.TaskState.Name(s) for s in self.states(t)] for t in self.updates} }"
+            ) from None
 
     def in_state(self, task_id: str, state: int) -> bool:
         return state in self.states(task_id)
 
 
-async def with_driver(recorder: Recorder, address: str, body: Callable[[SchedulerDriver], Awaitable[None]],
-                      **driver_kwargs: Any) -> None:
+async def with_driver(
+    recorder: Recorder, address: str, body: Callable[[SchedulerDriver], Awaitable[None]], **driver_kwargs: Any
+) -> None:
     driver = SchedulerDriver(recorder, master=address, **driver_kwargs)
     runner = asyncio.create_task(driver.run())
     try:
@@ -127,8 +130,12 @@ def test_tasks_run_across_agents_and_every_terminal_state_arrives(cluster: Clust
     state = cluster.wait_agents(3)
     names = {a.id: a.hostname for a in state.agents}
 
-    echo = [TaskSpec("echo out-$CORRAL_TASK_ID; echo err-$CORRAL_TASK_ID >&2", cpus=0.5, mem=64,
-                     task_id=f"echo-{i}") for i in range(6)]
+    echo = [
+        TaskSpec(
+            "echo out-$CORRAL_TASK_ID; echo err-$CORRAL_TASK_ID >&2", cpus=0.5, mem=64, task_id=f"echo-{i}"
+        )
+        for i in range(6)
+    ]
     failing = TaskSpec("exit 3", cpus=0.1, mem=32, task_id="fails")
     argv = TaskSpec(["/bin/sh", "-c", "echo argv-$0 ok", "zero"], cpus=0.1, mem=32, task_id="argv")
     sleeper = TaskSpec("sleep 60", cpus=0.1, mem=32, task_id="sleeper")
@@ -138,8 +145,10 @@ def test_tasks_run_across_agents_and_every_terminal_state_arrives(cluster: Clust
         await recorder.until(lambda: recorder.in_state("sleeper", S.TASK_RUNNING), what="sleeper RUNNING")
         await driver.kill("sleeper")
         ids = [t.task_id for t in (*echo, failing, argv, sleeper)]
-        await recorder.until(lambda: all(recorder.last(i) and is_terminal(recorder.last(i).state) for i in ids),
-                             what="all tasks terminal")
+        await recorder.until(
+            lambda: all(recorder.last(i) and is_terminal(recorder.last(i).state) for i in ids),
+            what="all tasks terminal",
+        )
 
     asyncio.run(with_driver(recorder, cluster.master_address, body, name="e2e"))
 
@@ -153,7 +162,9 @@ def test_tasks_run_across_agents_and_every_terminal_state_arrives(cluster: Clust
     assert len({recorder.agents_of[s.task_id] for s in echo}) == 3, "tasks were not spread over the agents"
     failed = recorder.last("fails")
     assert failed.state == S.TASK_FAILED and failed.exit_code == 3 and "3" in failed.message
-    assert (sandbox(cluster, names[recorder.agents_of["argv"]], fw, "argv") / "stdout").read_text() == "argv-zero ok\n"
+    assert (
+        sandbox(cluster, names[recorder.agents_of["argv"]], fw, "argv") / "stdout"
+    ).read_text() == "argv-zero ok\n"
     killed = recorder.last("sleeper")
     assert killed.state == S.TASK_KILLED
     for task_id, updates in recorder.updates.items():
@@ -178,7 +189,9 @@ def test_updates_are_resent_until_acknowledged_and_stay_in_order(cluster: Cluste
         assert first.state == second.state == S.TASK_RUNNING and first.uuid == second.uuid
         assert not recorder.in_state("quick", S.TASK_FINISHED)
         await driver.acknowledge([first])
-        await recorder.until(lambda: recorder.in_state("quick", S.TASK_FINISHED), what="FINISHED after the ack")
+        await recorder.until(
+            lambda: recorder.in_state("quick", S.TASK_FINISHED), what="FINISHED after the ack"
+        )
         await driver.acknowledge([recorder.last("quick")])
 
     asyncio.run(with_driver(recorder, cluster.master_address, body, implicit_acknowledgements=False))
@@ -195,8 +208,9 @@ def test_agent_killed_with_sigkill_is_detected_and_its_tasks_reported(cluster: C
     async def body(driver: SchedulerDriver) -> None:
         await recorder.until(lambda: recorder.in_state("orphan", S.TASK_RUNNING), what="RUNNING")
         agent.signal(signal.SIGKILL)
-        await recorder.until(lambda: recorder.in_state("orphan", S.TASK_UNREACHABLE), timeout=15,
-                             what="TASK_UNREACHABLE")
+        await recorder.until(
+            lambda: recorder.in_state("orphan", S.TASK_UNREACHABLE), timeout=15, what="TASK_UNREACHABLE"
+        )
 
     asyncio.run(with_driver(recorder, cluster.master_address, body, failover_timeout=60))
     status = recorder.last("orphan")
@@ -215,8 +229,10 @@ def test_framework_disconnect_and_resubscribe_keeps_its_tasks(cluster: Cluster) 
 
     asyncio.run(with_driver(first, cluster.master_address, launch, name="failover", failover_timeout=60))
     # The first scheduler is gone, without a teardown: the master keeps its task.
-    state = wait_for(lambda: (s := cluster.state()).frameworks[0].status == "disconnected" and s,
-                     what="the framework to be disconnected")
+    state = wait_for(
+        lambda: (s := cluster.state()).frameworks[0].status == "disconnected" and s,
+        what="the framework to be disconnected",
+    )
     assert [(t.task.task_id, t.state) for t in state.tasks] == [("survivor", S.TASK_RUNNING)]
 
     second = Recorder()
@@ -266,11 +282,15 @@ def test_master_restart_keeps_agents_frameworks_and_tasks(cluster: Cluster) -> N
         await asyncio.to_thread(cluster.start_master, name="master", port=port)
         # The agent and the driver find the restarted master by themselves.
         await asyncio.to_thread(cluster.wait_agents, 1)
-        await recorder.until(lambda: driver.subscribed and driver.framework_id == framework_id,
-                             what="resubscription with the same id")
+        await recorder.until(
+            lambda: driver.subscribed and driver.framework_id == framework_id,
+            what="resubscription with the same id",
+        )
         await driver.reconcile(["steady"])
-        await recorder.until(lambda: recorder.last("steady").reason == S.REASON_RECONCILIATION,
-                             what="reconciliation after the restart")
+        await recorder.until(
+            lambda: recorder.last("steady").reason == S.REASON_RECONCILIATION,
+            what="reconciliation after the restart",
+        )
         assert recorder.last("steady").state == S.TASK_RUNNING
         await driver.teardown()
 

@@ -9,8 +9,8 @@ from collections.abc import Iterator
 import grpc
 import pytest
 
-from corral.v1 import common_pb2, operator_pb2, scheduler_pb2
 from corral.testing import Cluster, wait_for
+from corral.v1 import common_pb2, operator_pb2, scheduler_pb2
 from tests.rawclient import RawFramework, launch, task_info
 
 pytestmark = pytest.mark.integration
@@ -43,8 +43,9 @@ def refused(fw: RawFramework, method: str, **fields) -> grpc.RpcError:
     return info.value
 
 
-def assert_refused_and_unchanged(cluster: Cluster, fw: RawFramework, code: grpc.StatusCode, fragment: str,
-                                 method: str = "Accept", **fields) -> None:
+def assert_refused_and_unchanged(
+    cluster: Cluster, fw: RawFramework, code: grpc.StatusCode, fragment: str, method: str = "Accept", **fields
+) -> None:
     before = snapshot(cluster.state())
     error = refused(fw, method, **fields)
     assert error.code() == code, error.details()
@@ -58,22 +59,72 @@ def test_hostile_accepts_are_refused_and_change_nothing(running, tmp_path):
     agent = offer.agent_id
     ok = task_info("good", agent)
 
-    assert_refused_and_unchanged(cluster, fw, grpc.StatusCode.PERMISSION_DENIED, "stream id",
-                                 offer_ids=[offer.id], operations=launch(ok), stream_id="forged")
-    assert_refused_and_unchanged(cluster, fw, grpc.StatusCode.NOT_FOUND, "not registered",
-                                 offer_ids=[offer.id], operations=launch(ok), framework_id="fw-nobody")
-    assert_refused_and_unchanged(cluster, fw, grpc.StatusCode.INVALID_ARGUMENT, "more than its accepted",
-                                 offer_ids=[offer.id], operations=launch(task_info("big", agent, cpus=64)))
-    assert_refused_and_unchanged(cluster, fw, grpc.StatusCode.INVALID_ARGUMENT, "used twice",
-                                 offer_ids=[offer.id], operations=launch(ok, task_info("good", agent)))
-    assert_refused_and_unchanged(cluster, fw, grpc.StatusCode.INVALID_ARGUMENT, "'../x' is not allowed",
-                                 offer_ids=[offer.id], operations=launch(task_info("../x", agent)))
-    assert_refused_and_unchanged(cluster, fw, grpc.StatusCode.INVALID_ARGUMENT, "finite",
-                                 offer_ids=[offer.id], operations=launch(task_info("nan", agent, mem=math.nan)))
-    assert_refused_and_unchanged(cluster, fw, grpc.StatusCode.INVALID_ARGUMENT, "negative",
-                                 offer_ids=[offer.id], operations=launch(task_info("neg", agent, cpus=-1)))
-    assert_refused_and_unchanged(cluster, fw, grpc.StatusCode.NOT_FOUND, "not outstanding",
-                                 offer_ids=["no-such-offer"], operations=launch(ok))
+    assert_refused_and_unchanged(
+        cluster,
+        fw,
+        grpc.StatusCode.PERMISSION_DENIED,
+        "stream id",
+        offer_ids=[offer.id],
+        operations=launch(ok),
+        stream_id="forged",
+    )
+    assert_refused_and_unchanged(
+        cluster,
+        fw,
+        grpc.StatusCode.NOT_FOUND,
+        "not registered",
+        offer_ids=[offer.id],
+        operations=launch(ok),
+        framework_id="fw-nobody",
+    )
+    assert_refused_and_unchanged(
+        cluster,
+        fw,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "more than its accepted",
+        offer_ids=[offer.id],
+        operations=launch(task_info("big", agent, cpus=64)),
+    )
+    assert_refused_and_unchanged(
+        cluster,
+        fw,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "used twice",
+        offer_ids=[offer.id],
+        operations=launch(ok, task_info("good", agent)),
+    )
+    assert_refused_and_unchanged(
+        cluster,
+        fw,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "'../x' is not allowed",
+        offer_ids=[offer.id],
+        operations=launch(task_info("../x", agent)),
+    )
+    assert_refused_and_unchanged(
+        cluster,
+        fw,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "finite",
+        offer_ids=[offer.id],
+        operations=launch(task_info("nan", agent, mem=math.nan)),
+    )
+    assert_refused_and_unchanged(
+        cluster,
+        fw,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "negative",
+        offer_ids=[offer.id],
+        operations=launch(task_info("neg", agent, cpus=-1)),
+    )
+    assert_refused_and_unchanged(
+        cluster,
+        fw,
+        grpc.StatusCode.NOT_FOUND,
+        "not outstanding",
+        offer_ids=["no-such-offer"],
+        operations=launch(ok),
+    )
     # No sandbox was made for the path-like id, anywhere under the cluster.
     assert not [p for p in tmp_path.rglob("*") if p.name == "x" and p.is_dir()]
 
@@ -90,8 +141,9 @@ def test_someone_elses_offer_is_not_found_and_stays_theirs(running):
     thief.subscribe()
     try:
         before = snapshot(cluster.state())
-        error = refused(thief, "Accept", offer_ids=[offer.id],
-                        operations=launch(task_info("stolen", offer.agent_id)))
+        error = refused(
+            thief, "Accept", offer_ids=[offer.id], operations=launch(task_info("stolen", offer.agent_id))
+        )
         assert error.code() == grpc.StatusCode.NOT_FOUND
         error = refused(thief, "Decline", offer_ids=[offer.id])
         assert error.code() == grpc.StatusCode.NOT_FOUND
@@ -105,11 +157,17 @@ def test_someone_elses_offer_is_not_found_and_stays_theirs(running):
 def test_live_task_id_cannot_be_reused(running):
     cluster, fw = running
     (offer,) = fw.offers()
-    fw.call("Accept", offer_ids=[offer.id], operations=launch(task_info("sleeper", offer.agent_id, "sleep 60")),
-            filters=scheduler_pb2.Filters(refuse_seconds=0))
+    fw.call(
+        "Accept",
+        offer_ids=[offer.id],
+        operations=launch(task_info("sleeper", offer.agent_id, "sleep 60")),
+        filters=scheduler_pb2.Filters(refuse_seconds=0),
+    )
     (offer2,) = fw.offers()
     before = snapshot(cluster.state())
-    error = refused(fw, "Accept", offer_ids=[offer2.id], operations=launch(task_info("sleeper", offer2.agent_id)))
+    error = refused(
+        fw, "Accept", offer_ids=[offer2.id], operations=launch(task_info("sleeper", offer2.agent_id))
+    )
     assert error.code() == grpc.StatusCode.ALREADY_EXISTS
     assert snapshot(cluster.state()) == before
 
@@ -117,7 +175,9 @@ def test_live_task_id_cannot_be_reused(running):
 def test_stale_stream_after_resubscribe_is_refused(running):
     cluster, fw = running
     old_stream = fw.stream_id
-    again = RawFramework(cluster.master_address, name="hostile-test", failover=0, framework_id=fw.framework_id)
+    again = RawFramework(
+        cluster.master_address, name="hostile-test", failover=0, framework_id=fw.framework_id
+    )
     try:
         again.subscribe()
         assert again.framework_id == fw.framework_id
@@ -134,16 +194,25 @@ def test_bad_calls_of_every_kind_are_refused(running):
     fw.offers()
     cases = [
         ("Kill", {"task_id": "../etc"}, "not allowed"),
-        ("Kill", {"task_id": "t", "kill_policy": common_pb2.KillPolicy(grace_period_seconds=math.inf)}, "grace"),
-        ("Acknowledge", {"acknowledgements": [
-            scheduler_pb2.AcknowledgeRequest.Ack(agent_id="a", task_id="t", uuid=b"")]}, "uuid"),
+        (
+            "Kill",
+            {"task_id": "t", "kill_policy": common_pb2.KillPolicy(grace_period_seconds=math.inf)},
+            "grace",
+        ),
+        (
+            "Acknowledge",
+            {"acknowledgements": [scheduler_pb2.AcknowledgeRequest.Ack(agent_id="a", task_id="t", uuid=b"")]},
+            "uuid",
+        ),
         ("Reconcile", {"tasks": [scheduler_pb2.ReconcileRequest.Task(task_id="a/b")]}, "not allowed"),
         ("Revive", {"roles": ["not-mine"]}, "not among"),
         ("Suppress", {"roles": ["not-mine"]}, "not among"),
         ("Decline", {"offer_ids": ["x", "x"]}, "more than once"),
     ]
     for method, fields, fragment in cases:
-        assert_refused_and_unchanged(cluster, fw, grpc.StatusCode.INVALID_ARGUMENT, fragment, method, **fields)
+        assert_refused_and_unchanged(
+            cluster, fw, grpc.StatusCode.INVALID_ARGUMENT, fragment, method, **fields
+        )
 
 
 def test_bad_subscriptions_are_refused(running):

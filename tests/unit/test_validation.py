@@ -14,7 +14,9 @@ FW = "fw-1"
 
 def offer(oid: str, agent: str, role: str = "*", **amounts: float) -> OfferView:
     ranges = {"ports": [(31000, 31009)]}
-    return OfferView(oid, FW, agent, role, Resources.of(ranges=ranges, **(amounts or {"cpus": 2, "mem": 1024})))
+    return OfferView(
+        oid, FW, agent, role, Resources.of(ranges=ranges, **(amounts or {"cpus": 2, "mem": 1024}))
+    )
 
 
 def task(tid: str, agent: str, cpus: float = 0.5, mem: float = 128, command: str = "true", **extra):
@@ -35,11 +37,17 @@ def launch(*tasks):
     return [scheduler_pb2.Operation(launch=scheduler_pb2.Operation.Launch(task_infos=list(tasks)))]
 
 
-OFFERS = {"o1": offer("o1", "a1"), "o2": offer("o2", "a2"), "other": OfferView("other", "fw-2", "a3", "*", Resources.of(cpus=1))}
+OFFERS = {
+    "o1": offer("o1", "a1"),
+    "o2": offer("o2", "a2"),
+    "other": OfferView("other", "fw-2", "a3", "*", Resources.of(cpus=1)),
+}
 
 
 def test_valid_accept_plans_tasks_per_agent_and_leftovers():
-    plan = plan_accept(FW, ["o1", "o2"], launch(task("t1", "a1"), task("t2", "a1"), task("t3", "a2", cpus=2)), OFFERS, set())
+    plan = plan_accept(
+        FW, ["o1", "o2"], launch(task("t1", "a1"), task("t2", "a1"), task("t3", "a2", cpus=2)), OFFERS, set()
+    )
     assert [t.info.task_id for t in plan.tasks_by_agent["a1"]] == ["t1", "t2"]
     assert [t.info.task_id for t in plan.tasks_by_agent["a2"]] == ["t3"]
     assert plan.leftovers[("a1", "*")].scalar("cpus") == 1.0
@@ -59,13 +67,33 @@ def test_valid_accept_plans_tasks_per_agent_and_leftovers():
         (["o1"], launch(task("../x", "a1")), grpc.StatusCode.INVALID_ARGUMENT, "'../x' is not allowed"),
         (["o1"], launch(task("a/b", "a1")), grpc.StatusCode.INVALID_ARGUMENT, "is not allowed"),
         (["o1"], launch(task("t1", "a1"), task("t1", "a1")), grpc.StatusCode.INVALID_ARGUMENT, "used twice"),
-        (["o1"], launch(task("t1", "a1", cpus=3)), grpc.StatusCode.INVALID_ARGUMENT, "more than its accepted"),
-        (["o1"], launch(task("t1", "a1"), task("t2", "a1", cpus=1.6)), grpc.StatusCode.INVALID_ARGUMENT, "more than"),
-        (["o1"], launch(task("t1", "a2")), grpc.StatusCode.INVALID_ARGUMENT, "not the agent of any accepted offer"),
+        (
+            ["o1"],
+            launch(task("t1", "a1", cpus=3)),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "more than its accepted",
+        ),
+        (
+            ["o1"],
+            launch(task("t1", "a1"), task("t2", "a1", cpus=1.6)),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "more than",
+        ),
+        (
+            ["o1"],
+            launch(task("t1", "a2")),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "not the agent of any accepted offer",
+        ),
         (["o1"], launch(task("t1", "a1", cpus=-1)), grpc.StatusCode.INVALID_ARGUMENT, "must not be negative"),
         (["o1"], launch(task("t1", "a1", cpus=math.nan)), grpc.StatusCode.INVALID_ARGUMENT, "finite"),
         (["o1"], launch(task("t1", "a1", mem=math.inf)), grpc.StatusCode.INVALID_ARGUMENT, "finite"),
-        (["o1"], launch(task("t1", "a1", command="")), grpc.StatusCode.INVALID_ARGUMENT, "command.value is empty"),
+        (
+            ["o1"],
+            launch(task("t1", "a1", command="")),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "command.value is empty",
+        ),
         (["o1"], launch(task("t1", "a1", containerizer="lxc")), grpc.StatusCode.INVALID_ARGUMENT, "unknown"),
         (["o1"], [scheduler_pb2.Operation()], grpc.StatusCode.INVALID_ARGUMENT, "no operation set"),
     ],
@@ -105,7 +133,9 @@ def test_every_problem_is_named():
 
 def test_tasks_are_charged_to_the_role_whose_offer_fits():
     offers = {"p": offer("p", "a1", "prod", cpus=1, mem=256), "d": offer("d", "a1", "dev", cpus=4, mem=4096)}
-    plan = plan_accept(FW, ["p", "d"], launch(task("small", "a1", cpus=1, mem=256), task("big", "a1", cpus=3)), offers, set())
+    plan = plan_accept(
+        FW, ["p", "d"], launch(task("small", "a1", cpus=1, mem=256), task("big", "a1", cpus=3)), offers, set()
+    )
     roles = {t.info.task_id: t.role for t in plan.tasks_by_agent["a1"]}
     assert roles == {"small": "prod", "big": "dev"}
 
