@@ -131,8 +131,9 @@ class SchedulerDriver:
         self._address: str | None = None
         self._stub: SchedulerServiceAsyncStub | None = None
         self._stream_id = ""
-        self._subscription: _Stream | None = None
-        self._reading = False
+        # Events of the current stream, moved there by `_pump`; None marks
+        # the end of the stream or a stop() call.
+        self._events: asyncio.Queue[scheduler_pb2.Event | Exception | None] | None = None
         self._teardown_on_cancel = False
         # Set once the framework was torn down or removed (see `_forget`).
         self._gone = False
@@ -213,8 +214,8 @@ class SchedulerDriver:
         self._stopping = True
         if self._wakeup is not None:
             self._wakeup.set()
-        if self._reading and self._subscription is not None:
-            self._subscription.cancel()
+        if self._events is not None:
+            self._events.put_nowait(None)
 
     async def _session(self, address: str) -> bool:
         """Subscribe at `address` and dispatch its events until the stream ends.
@@ -223,26 +224,32 @@ class SchedulerDriver:
         `disconnected`. Raises CallError for a refusal retrying cannot fix.
         """
         stub = self._stub_for(address)
-        request = scheduler_pb2.SubscribeRequest(framework=self._framework)
-        call = stub.Subscribe(request)
-        self._subscription = call
+        call = stub.Subscribe(scheduler_pb2.SubscribeRequest(framework=self._framework))
+        events: asyncio.Queue[scheduler_pb2.Event | Exception | None] = asyncio.Queue()
+        self._events = events
+        # Reading happens in a task of its own: cancelling `run()` must not
+        # cancel the stream, or the master would refuse the teardown that
+        # `teardown_on_cancel` sends with this stream's id.
+        pump = asyncio.get_running_loop().create_task(_pump(call, events))
         subscribed = False
         try:
-            event = await self._read(call, self._call_timeout)
+            event = await _next(events, self._call_timeout)
             if event is None or event.WhichOneof("event") != "subscribed":
-                log.error(
-                    "master %s broke the protocol: the first event was %s, not SUBSCRIBED",
-                    address,
-                    "the end of the stream" if event is None else event.WhichOneof("event"),
-                )
+                if not self._stopping:
+                    log.error(
+                        "master %s broke the protocol: the first event was %s, not SUBSCRIBED",
+                        address,
+                        "the end of the stream" if event is None else event.WhichOneof("event"),
+                    )
                 return False
             window = self._on_subscribed(address, stub, event.subscribed)
             subscribed = True
             await self._invoke(self._scheduler.subscribed, self._framework.id)
             while not self._stopping:
-                event = await self._read(call, window)
+                event = await _next(events, window)
                 if event is None:
-                    log.warning("master %s ended the subscription", address, extra=self._context())
+                    if not self._stopping:
+                        log.warning("master %s ended the subscription", address, extra=self._context())
                     break
                 await self._dispatch(event)
         except grpc.aio.AioRpcError as exc:
@@ -266,10 +273,6 @@ class SchedulerDriver:
                 extra=self._context(),
             )
         except asyncio.CancelledError:
-            task = asyncio.current_task()
-            if self._stopping and call.cancelled() and (task is None or not task.cancelling()):
-                # stop() cancelled the stream under a pending read.
-                return subscribed
             if subscribed and self._teardown_on_cancel:
                 await self._teardown_while_cancelled()
             raise
@@ -277,22 +280,11 @@ class SchedulerDriver:
             if subscribed and self._stopping:
                 await self._drain_acks()
             call.cancel()
-            self._subscription = None
+            pump.cancel()
+            self._events = None
             self._stream_id = ""
             self._stub = None
         return subscribed
-
-    async def _read(self, call: _Stream, limit: float) -> scheduler_pb2.Event | None:
-        """The next event, or None at the end of the stream; TimeoutError after `limit` s."""
-        self._reading = True
-        try:
-            async with asyncio.timeout(limit):
-                message = await call.read()
-        finally:
-            self._reading = False
-        if isinstance(message, scheduler_pb2.Event):
-            return message
-        return None
 
     def _on_subscribed(
         self, address: str, stub: SchedulerServiceAsyncStub, subscribed: scheduler_pb2.Event.Subscribed
@@ -569,6 +561,27 @@ class SchedulerDriver:
             await pending
         except grpc.aio.AioRpcError as exc:
             raise CallError(call, exc.code(), exc.details() or "") from exc
+
+
+async def _pump(call: _Stream, events: asyncio.Queue[scheduler_pb2.Event | Exception | None]) -> None:
+    """Move a stream's events into `events`, then None at its end or the error that ended it."""
+    try:
+        while isinstance(message := await call.read(), scheduler_pb2.Event):
+            events.put_nowait(message)
+        events.put_nowait(None)
+    except Exception as exc:  # handed to the dispatcher, which raises it
+        events.put_nowait(exc)
+
+
+async def _next(
+    events: asyncio.Queue[scheduler_pb2.Event | Exception | None], limit: float
+) -> scheduler_pb2.Event | None:
+    """The next event, or None at the end; raises what ended the stream, or TimeoutError after `limit` s."""
+    async with asyncio.timeout(limit):
+        item = await events.get()
+    if isinstance(item, Exception):
+        raise item
+    return item
 
 
 def _filters(refuse_seconds: float | None) -> scheduler_pb2.Filters:
