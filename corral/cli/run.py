@@ -109,13 +109,19 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser], de
     """Add `run` to the command line."""
     parser = subparsers.add_parser(
         "run",
+        usage="corral run [-h] [--cpus C] [--mem MiB] [--env NAME=VALUE ...] [--master HOST:PORT]\n"
+        "                  -- COMMAND [ARG ...]",
         help="run one command as a task and exit with its exit code",
         description=DESCRIPTION,
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "--cpus", type=_positive, default=DEFAULT_CPUS, help="cpus for the task (default %(default)s)"
+        "--cpus",
+        type=_positive,
+        default=DEFAULT_CPUS,
+        metavar="C",
+        help="cpus for the task (default %(default)s)",
     )
     parser.add_argument(
         "--mem",
@@ -132,7 +138,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser], de
         help="set a variable in the task's environment; repeat for more",
     )
     common.add_master_argument(parser, default_master)
-    parser.add_argument("command", nargs=argparse.REMAINDER, help="the command, after `--`")
+    parser.add_argument(
+        "command", nargs=argparse.REMAINDER, metavar="COMMAND [ARG ...]", help="the command, after `--`"
+    )
     parser.set_defaults(handler=handle, parser=parser)
 
 

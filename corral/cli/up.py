@@ -9,7 +9,7 @@ Children run in their own sessions, so a Ctrl-C in the terminal reaches only
 `corral up`, which then stops them in a known way: SIGTERM to each pid it
 started, a deadline, SIGKILL to stragglers. Their output goes to one log file
 each under the work dir; `--show-logs` also prints it here, each line
-prefixed with the component's name. A child that dies on its own stops the
+prefixed with the component's name (the demo's output is always shown). A child that dies on its own stops the
 whole cluster, with the last lines of its log on the screen.
 """
 
@@ -50,6 +50,8 @@ _POLL_INTERVAL: Final = 0.1
 _PROBE_TIMEOUT: Final = 1.0
 _TAIL_LINES: Final = 15
 _READ_CHUNK: Final = 65536
+#: How often the output of children shown on the terminal is looked at.
+_FOLLOW_INTERVAL: Final = 0.05
 _STOP_SIGNALS: Final = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 DESCRIPTION = """\
@@ -67,8 +69,11 @@ sandbox is under its work dir.
 
 EPILOG = """\
 exit status: 0 after a stop by Ctrl-C or SIGTERM; 1 when a component failed to
-start or died on its own; with --exit-after-demo, the demo's exit status
-(128+N if it was stopped by signal N).
+start or died on its own. With --exit-after-demo: the demo's exit status, or
+128+N when signal N stopped `corral up` before the demo ended.
+
+The components run in sessions of their own, so that a Ctrl-C reaches only
+`corral up`; if `corral up` itself is killed with SIGKILL they keep running.
 """
 
 
@@ -207,7 +212,7 @@ class Child:
     process: asyncio.subprocess.Process
     log_path: Path
     stage: Stage
-    pump: asyncio.Task[None] | None = None
+    follower: asyncio.Task[None] | None = None
     watcher: asyncio.Task[None] | None = None
 
     @property
@@ -226,21 +231,27 @@ class Child:
                 self.process.send_signal(sig)
 
 
-async def _pump(stream: asyncio.StreamReader, log: BinaryIO, echo: Callable[[str], None] | None) -> None:
-    """Copy a child's output to its log file and, if asked, to the terminal."""
+async def _follow(child: Child, log: BinaryIO, echo: Callable[[str], None]) -> None:
+    """Print the lines a child appends to its log, until it has exited and all is read.
+
+    Children write to their log files directly, not to a pipe: nothing then
+    depends on `corral up` reading fast enough, or on every grandchild
+    closing an inherited pipe.
+    """
     pending = b""
-    try:
-        while chunk := await stream.read(_READ_CHUNK):
-            log.write(chunk)
-            log.flush()
-            if echo is not None:
+    with log:
+        while True:
+            chunk = log.read(_READ_CHUNK)
+            if chunk:
                 lines, pending = split_lines(pending, chunk)
                 for line in lines:
                     echo(line.decode(errors="replace"))
-        if echo is not None and pending:
-            echo(pending.decode(errors="replace"))
-    finally:
-        log.close()
+            elif child.running:
+                await asyncio.sleep(_FOLLOW_INTERVAL)
+            else:
+                break
+    if pending:
+        echo(pending.decode(errors="replace"))
 
 
 @dataclass
@@ -284,24 +295,26 @@ class Supervisor:
         if self.wake.is_set():
             raise Interrupted
         log_path = self.layout.log(name)
-        log = log_path.open("ab")
-        try:
-            process = await asyncio.create_subprocess_exec(
-                *argv,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT,
-                env={**self.env, "PYTHONUNBUFFERED": "1"},
-                start_new_session=True,
-            )
-        except OSError as error:
-            log.close()
-            raise StartupError(f"cannot start {name} ({argv[0]}): {error}") from None
+        with log_path.open("ab") as log:
+            start = log.tell()  # an earlier run in the same --work-dir wrote the rest
+            try:
+                process = await asyncio.create_subprocess_exec(
+                    *argv,
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=asyncio.subprocess.STDOUT,
+                    env={**self.env, "PYTHONUNBUFFERED": "1"},
+                    start_new_session=True,
+                )
+            except OSError as error:
+                raise StartupError(f"cannot start {name} ({argv[0]}): {error}") from None
         child = Child(name, process, log_path, stage)
-        assert process.stdout is not None  # we asked for a pipe
-        child.pump = asyncio.create_task(
-            _pump(process.stdout, log, self.echo(name) if echo else None), name=f"pump-{name}"
-        )
+        if echo:
+            reader = log_path.open("rb")
+            reader.seek(start)
+            child.follower = asyncio.create_task(
+                _follow(child, reader, self.echo(name)), name=f"follow-{name}"
+            )
         child.watcher = asyncio.create_task(self._watch(child), name=f"watch-{name}")
         self.children.append(child)
         return child
@@ -337,12 +350,12 @@ class Supervisor:
             running = [c for c in self.children if c.stage == stage and c.running]
             if running:
                 await self._stop_stage(running, grace)
-        # A grandchild that inherited a pipe could keep it open: do not wait for it forever.
-        pumps = [c.pump for c in self.children if c.pump is not None]
-        if pumps:
-            _, late = await asyncio.wait(pumps, timeout=2.0)
-            for pump in late:
-                pump.cancel()
+        followers = [c.follower for c in self.children if c.follower is not None]
+        if followers:
+            # Bounded: a child that survived SIGKILL (stuck in the kernel) never "exits".
+            _, late = await asyncio.wait(followers, timeout=grace)
+            for follower in late:
+                follower.cancel()
 
     async def _stop_stage(self, running: list[Child], grace: float) -> None:
         say(f"stopping {', '.join(c.name for c in running)}")

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -136,3 +138,71 @@ def test_leftover_task_processes_are_found_by_sandbox_and_stopped(tmp_path: Path
         for process in (task, elsewhere):
             process.kill()
             process.wait()
+
+
+def _supervisor(tmp_path: Path) -> up.Supervisor:
+    layout = up.Layout(tmp_path, created=False)
+    layout.logs.mkdir()
+    return up.Supervisor(layout, {"PATH": os.defpath}, name_width=6)
+
+
+async def _until(condition: Callable[[], bool]) -> None:
+    """Poll `condition` (a file's content: nothing to await) for up to 10 s."""
+    async with asyncio.timeout(10):
+        while True:
+            if condition():
+                return
+            await asyncio.sleep(0.01)
+
+
+def test_a_child_that_ignores_sigterm_is_killed_after_the_grace(tmp_path: Path) -> None:
+    """Real processes stand in for components: one obeys SIGTERM, one ignores it."""
+
+    async def scenario() -> tuple[int | None, int | None]:
+        sup = _supervisor(tmp_path)
+        stubborn = await sup.spawn(
+            "agent-1",
+            ["sh", "-c", "trap '' TERM; echo ready; while :; do sleep 0.1; done"],
+            stage=up.Stage.AGENT,
+            echo=False,
+        )
+        polite = await sup.spawn("master", ["sleep", "30"], stage=up.Stage.MASTER, echo=False)
+        # sh prints "ready" after installing its trap: wait for it before the signal.
+        await _until(lambda: (tmp_path / "logs" / "agent-1.log").read_text() == "ready\n")
+        await sup.stop(grace=0.5)
+        return stubborn.process.returncode, polite.process.returncode
+
+    stubborn, polite = asyncio.run(scenario())
+    assert stubborn == -signal.SIGKILL
+    assert polite == -signal.SIGTERM
+    assert (tmp_path / "logs" / "agent-1.log").read_text() == "ready\n"
+
+
+def test_a_component_that_dies_wakes_the_supervisor(tmp_path: Path) -> None:
+    async def scenario() -> tuple[str | None, bool]:
+        sup = _supervisor(tmp_path)
+        await sup.spawn("demo", ["true"], stage=up.Stage.FRAMEWORK, echo=False)
+        await sup.spawn("agent-1", ["sh", "-c", "exit 3"], stage=up.Stage.AGENT, echo=False)
+        with pytest.raises(up.Interrupted):
+            await sup.guard(asyncio.sleep(30))
+        await sup.stop(grace=1)
+        return (sup.failed.name if sup.failed else None), sup.stop_signal is None
+
+    assert asyncio.run(scenario()) == ("agent-1", True)
+
+
+def test_shown_output_is_prefixed_with_the_name(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    async def scenario() -> None:
+        sup = _supervisor(tmp_path)
+        demo = await sup.spawn(
+            "demo", ["sh", "-c", "echo one; echo two >&2; printf three"], stage=up.Stage.FRAMEWORK, echo=True
+        )
+        agent = await sup.spawn("agent-1", ["echo", "not shown"], stage=up.Stage.AGENT, echo=False)
+        await demo.process.wait()
+        await agent.process.wait()
+        await sup.stop(grace=5)  # also waits until the demo's output has been shown
+
+    asyncio.run(scenario())
+    shown = [line for line in capsys.readouterr().out.splitlines() if "|" in line]
+    assert shown == ["demo   | one", "demo   | two", "demo   | three"]
+    assert (tmp_path / "logs" / "agent-1.log").read_text() == "not shown\n"
