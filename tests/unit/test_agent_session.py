@@ -20,6 +20,7 @@ import contextlib
 import os
 import signal
 import socket
+import sys
 from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
 from typing import Any
@@ -484,5 +485,58 @@ def test_usage_is_reported_for_running_tasks(tmp_path: Path) -> None:
             usage = master.of_kind("usage")[0].usage.tasks[0]
             assert (usage.framework_id, usage.task_id) == (FW, "t1")
             assert usage.usage.processes == 1
+
+    run(body)
+
+
+# -- the agent command -------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def agent_command(work_dir: Path, address: str) -> AsyncIterator[asyncio.subprocess.Process]:
+    """`python -m agent` as a child of this test, killed and reaped on the way out."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "agent",
+        "--master",
+        address,
+        "--work-dir",
+        str(work_dir),
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        yield proc
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+@pytest.mark.integration
+def test_the_agent_command_exits_with_status_1_when_refused(tmp_path: Path) -> None:
+    async def body() -> None:
+        master = FakeMaster()
+        master.answer = "refused"
+        async with serve(master) as address, agent_command(tmp_path, address) as proc:
+            _, stderr = await asyncio.wait_for(proc.communicate(), DEADLINE)
+            assert proc.returncode == 1
+            assert b"the master refused this agent: you were removed" in stderr
+
+    run(body)
+
+
+@pytest.mark.integration
+def test_the_agent_command_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
+    async def body() -> None:
+        master = FakeMaster()
+        async with serve(master) as address, agent_command(tmp_path, address) as proc:
+            await master.wait(lambda: len(master.registrations) == 1)
+            await master.wait(lambda: (tmp_path / "agent_id").exists())
+            proc.send_signal(signal.SIGTERM)
+            _, stderr = await asyncio.wait_for(proc.communicate(), DEADLINE)
+            assert proc.returncode == 0
+            assert b"SIGTERM received" in stderr
+            assert b"keep running" in stderr
 
     run(body)
