@@ -55,6 +55,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except common.CliError as error:
         print(f"corral: {error}", file=sys.stderr)
         return error.code
+    except KeyboardInterrupt:
+        # Ctrl-C outside the commands that handle it themselves (`up`, `run`).
+        print(file=sys.stderr)
+        return 130
     return code
 
 

@@ -145,6 +145,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser], de
 
 
 def handle(args: argparse.Namespace) -> int:
+    """Check the command line, make sure the master answers, then run the task."""
     words: list[str] = list(args.command)
     if words and words[0] == "--":
         words = words[1:]

@@ -9,8 +9,9 @@ Children run in their own sessions, so a Ctrl-C in the terminal reaches only
 `corral up`, which then stops them in a known way: SIGTERM to each pid it
 started, a deadline, SIGKILL to stragglers. Their output goes to one log file
 each under the work dir; `--show-logs` also prints it here, each line
-prefixed with the component's name (the demo's output is always shown). A child that dies on its own stops the
-whole cluster, with the last lines of its log on the screen.
+prefixed with the component's name (the demo's output is always shown). A
+child that dies on its own stops the whole cluster, with the last lines of
+its log on the screen.
 """
 
 from __future__ import annotations
