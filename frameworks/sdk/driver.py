@@ -198,6 +198,15 @@ class SchedulerDriver:
                     await self._invoke(self._scheduler.disconnected)
                 await self._pause(delay * random.uniform(0.5, 1.0))
                 delay = min(delay * 2, BACKOFF_MAX)
+        except asyncio.CancelledError:
+            if teardown_on_cancel and not self._gone:
+                log.error(
+                    "cancelled without tearing the framework down; the master does so after "
+                    "its failover timeout (%g s)",
+                    self._framework.failover_timeout_seconds,
+                    extra=self._context(),
+                )
+            raise
         finally:
             await self._shutdown()
 
@@ -545,11 +554,7 @@ class SchedulerDriver:
         try:
             await self.teardown()
         except CallError as exc:
-            log.error(
-                "could not tear the framework down (%s); the master does so after its failover timeout",
-                exc,
-                extra=self._context(),
-            )
+            log.warning("teardown on cancellation failed: %s", exc, extra=self._context())
 
     def _session_for(self, call: str) -> tuple[SchedulerServiceAsyncStub, str, str]:
         if self._stub is None or not self._stream_id:

@@ -1,4 +1,5 @@
-"""The scheduler driver (frameworks/sdk/driver.py, sync.py) against a scripted master.
+"""The scheduler driver (frameworks/sdk/driver.py, sync.py) and the runner behind
+`corral run` (frameworks/runner.py) against a scripted master.
 
 The master here is a fake, on purpose: these tests need a master that breaks
 its stream on cue, falls silent, names a leader, refuses a chosen call or holds
@@ -22,6 +23,7 @@ import grpc
 import pytest
 
 from corral.net import SERVER_OPTIONS
+from corral.resources import Resources
 from corral.v1 import common_pb2, scheduler_pb2, scheduler_pb2_grpc
 from frameworks import (
     CallError,
@@ -32,6 +34,7 @@ from frameworks import (
     SyncScheduler,
     TaskSpec,
 )
+from frameworks.runner import EXIT_NO_CODE, RunError, exit_code, run_command
 
 Event = scheduler_pb2.Event
 DEADLINE = 10.0
@@ -562,3 +565,112 @@ def test_the_sync_driver_runs_callbacks_on_its_own_thread_and_blocks_for_calls()
         loop.call_soon_threadsafe(done.set)
         server_thread.join(DEADLINE)
         loop.close()
+
+
+# -- the runner behind `corral run` (frameworks/runner.py) --------------------
+
+
+def sized_offer(offer_id: str, cpus: float, mem: float) -> scheduler_pb2.Offer:
+    return scheduler_pb2.Offer(
+        id=offer_id, agent_id=f"agent-{offer_id}", resources=Resources.of(cpus=cpus, mem=mem).to_proto()
+    )
+
+
+def status_event(task_id: str, state: int, exit_code: int | None = None) -> Event:
+    status = common_pb2.TaskStatus(task_id=task_id, agent_id="agent-big", state=state, uuid=b"u")  # type: ignore[arg-type]
+    if exit_code is not None:
+        status.exit_code = exit_code
+    return Event(update=Event.Update(status=status))
+
+
+def test_run_command_launches_on_a_fitting_offer_and_returns_the_exit_code() -> None:
+    async def main() -> None:
+        master = FakeMaster()
+        seen: list[int] = []
+        async with serve(master) as address:
+            running = asyncio.create_task(
+                run_command(
+                    address,
+                    "exit 7",
+                    cpus=1,
+                    mem=64,
+                    env={"A": "b"},
+                    on_status=lambda s: seen.append(s.state),
+                )
+            )
+            await master.wait(lambda: bool(master.subscriptions))
+            await master.send(
+                Event(
+                    offers=Event.Offers(offers=[sized_offer("small", 0.5, 64), sized_offer("big", 2, 1024)])
+                )
+            )
+            await master.wait(lambda: bool(master.calls["Accept"]))
+            (task,) = master.calls["Accept"][0].operations[0].launch.task_infos
+            await master.send(
+                status_event(task.task_id, common_pb2.TASK_RUNNING),
+                status_event(task.task_id, common_pb2.TASK_FAILED, exit_code=7),
+            )
+            async with asyncio.timeout(DEADLINE):
+                assert await running == 7
+        assert list(master.calls["Accept"][0].offer_ids) == ["big"]
+        assert task.agent_id == "agent-big"
+        assert task.command.shell
+        assert task.command.value == "exit 7"
+        assert dict(task.command.environment) == {"A": "b"}
+        assert list(master.calls["Decline"][0].offer_ids) == ["small"]
+        assert master.calls["Suppress"]
+        assert seen == [common_pb2.TASK_RUNNING, common_pb2.TASK_FAILED]
+        assert master.torn_down
+
+    asyncio.run(main())
+
+
+def test_cancelling_run_command_tears_the_framework_down() -> None:
+    async def main() -> None:
+        master = FakeMaster()
+        async with serve(master) as address:
+            running = asyncio.create_task(run_command(address, ["sleep", "60"], shell=False))
+            await master.wait(lambda: bool(master.subscriptions))
+            await master.send(Event(offers=Event.Offers(offers=[sized_offer("big", 2, 1024)])))
+            await master.wait(lambda: bool(master.calls["Accept"]))
+            running.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await running
+        (task,) = master.calls["Accept"][0].operations[0].launch.task_infos
+        assert list(task.command.arguments) == ["sleep", "60"]
+        assert not task.command.shell
+        assert master.torn_down
+
+    asyncio.run(main())
+
+
+def test_run_command_reports_a_removed_framework() -> None:
+    async def main() -> None:
+        master = FakeMaster()
+        async with serve(master) as address:
+            running = asyncio.create_task(run_command(address, "true"))
+            await master.wait(lambda: bool(master.subscriptions))
+            await master.send(Event(error=Event.Error(message="removed by an operator")))
+            with pytest.raises(RunError, match="removed by an operator"):
+                await running
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize(
+    ("state", "code", "expected"),
+    [
+        (common_pb2.TASK_FINISHED, None, 0),
+        (common_pb2.TASK_FINISHED, 0, 0),
+        (common_pb2.TASK_FAILED, 3, 3),
+        (common_pb2.TASK_FAILED, None, EXIT_NO_CODE),
+        (common_pb2.TASK_KILLED, None, EXIT_NO_CODE),
+        (common_pb2.TASK_LOST, None, EXIT_NO_CODE),
+        (common_pb2.TASK_ERROR, None, EXIT_NO_CODE),
+    ],
+)
+def test_exit_codes_of_terminal_states(state: int, code: int | None, expected: int) -> None:
+    status = common_pb2.TaskStatus(state=state)  # type: ignore[arg-type]
+    if code is not None:
+        status.exit_code = code
+    assert exit_code(status) == expected
