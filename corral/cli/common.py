@@ -5,7 +5,9 @@ with one line and an exit status, and the GetState call with its deadline.
 from __future__ import annotations
 
 import argparse
-from typing import Final
+import os
+import sys
+from typing import Final, TextIO
 
 import grpc
 
@@ -74,3 +76,25 @@ def fetch_state(address: str, timeout: float = RPC_TIMEOUT) -> operator_pb2.Stat
             code = error.code() if isinstance(error, grpc.Call) else None
             details = (error.details() if isinstance(error, grpc.Call) else None) or str(error)
             raise rpc_failure(address, code, details, timeout) from None
+
+
+def silence(stream: TextIO) -> None:
+    """Send whatever is still written to `stream` to /dev/null: its reader went away."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, stream.fileno())
+    os.close(devnull)
+
+
+def emit(text: str, stream: TextIO | None = None) -> None:
+    """Write a line to stdout (or `stream`), and survive its reader going away.
+
+    When the reader is gone (`corral up | head`), output is dropped from then
+    on, as the Python docs recommend for SIGPIPE: a command that runs on,
+    such as `corral up` stopping its cluster, must not die of it.
+    """
+    out = stream or sys.stdout
+    try:
+        out.write(text + "\n")
+        out.flush()
+    except BrokenPipeError:
+        silence(out)

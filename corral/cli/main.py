@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from collections.abc import Mapping, Sequence
 
@@ -55,6 +56,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except common.CliError as error:
         print(f"corral: {error}", file=sys.stderr)
         return error.code
+    except BrokenPipeError:
+        # The reader of our output went away (`corral tasks | head -1`): not an error to report.
+        common.silence(sys.stdout)
+        return 128 + signal.SIGPIPE
     except KeyboardInterrupt:
         # Ctrl-C outside the commands that handle it themselves (`up`, `run`).
         print(file=sys.stderr)

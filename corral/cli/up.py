@@ -283,8 +283,7 @@ class Supervisor:
         prefix = f"{name:<{self.name_width}} | "
 
         def write(line: str) -> None:
-            sys.stdout.write(prefix + line + "\n")
-            sys.stdout.flush()
+            common.emit(prefix + line)
 
         return write
 
@@ -381,7 +380,7 @@ class Supervisor:
 
 def say(message: str) -> None:
     """A line from `corral up` itself, told apart from components' output."""
-    print(f"corral: {message}", flush=True)
+    common.emit(f"corral: {message}")
 
 
 # -- readiness ------------------------------------------------------------
@@ -520,7 +519,7 @@ def _print_banner(layout: Layout, address: str, state: operator_pb2.State) -> No
     rows = state_view.agent_rows(state)
     cleanup = "removed when the cluster stops" if layout.created else "kept"
     agents = format_table(state_view.AGENT_HEADERS, rows) + "\n\n" if rows else ""
-    print(
+    common.emit(
         f"\ncorral: the cluster is up: master at {address}, {len(rows)} agent(s)\n\n"
         + agents
         + "Try, in another terminal:\n"
@@ -529,8 +528,7 @@ def _print_banner(layout: Layout, address: str, state: operator_pb2.State) -> No
         "  corral run -- echo hi\n"
         "  corral tasks\n\n"
         f"Work dir {layout.root} ({cleanup}), logs in {layout.logs}/\n"
-        "Press Ctrl-C to stop the cluster.\n",
-        flush=True,
+        "Press Ctrl-C to stop the cluster.\n"
     )
 
 
@@ -557,13 +555,13 @@ def _report(opts: UpOptions, sup: Supervisor, outcome: Outcome) -> int:
 
 
 def _print_failure(message: str, *related: Child) -> None:
-    print(f"corral: {message}", file=sys.stderr)
+    common.emit(f"corral: {message}", sys.stderr)
     for child in related:
         lines = tail(child.log_path)
         if lines:
-            print(f"corral: last lines of {child.log_path}:", file=sys.stderr)
+            common.emit(f"corral: last lines of {child.log_path}:", sys.stderr)
             for line in lines:
-                print(f"  {line}", file=sys.stderr)
+                common.emit(f"  {line}", sys.stderr)
 
 
 def _prepare(opts: UpOptions) -> Layout:
@@ -633,7 +631,7 @@ def _remove_tree(root: Path) -> None:
     try:
         shutil.rmtree(root)
     except OSError as error:
-        print(f"corral: could not remove the work dir {root}: {error}", file=sys.stderr)
+        common.emit(f"corral: could not remove the work dir {root}: {error}", sys.stderr)
 
 
 # -- command line ---------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 
 import grpc
@@ -58,3 +59,11 @@ def test_a_refusal_names_the_code() -> None:
 def test_a_server_without_the_service_is_named() -> None:
     error = common.rpc_failure("h:1", grpc.StatusCode.UNIMPLEMENTED, "Method not found!", 5)
     assert "does not serve Corral's OperatorService" in str(error)
+
+
+def test_emit_survives_a_reader_that_went_away() -> None:
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    with os.fdopen(write_end, "w") as stream:
+        common.emit("nobody reads this", stream)  # no BrokenPipeError
+        common.emit("nor this", stream)  # now goes to /dev/null
