@@ -100,6 +100,8 @@ class ProcessContainerizer(Containerizer):
         self._loop = asyncio.get_running_loop()
         self._sandboxes = options.work_dir / SANDBOXES
         self._processes: dict[TaskKey, _Process] = {}
+        # Every task's stdin; opened once rather than once per launch.
+        self._devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         if os.geteuid() == 0:
             logger.warning(
                 "process containerizer: cgroup isolation is not implemented yet; tasks are "
@@ -163,7 +165,7 @@ class ProcessContainerizer(Containerizer):
                 executable=executable,
                 cwd=sandbox,
                 env=env,
-                stdin=subprocess.DEVNULL,
+                stdin=self._devnull,
                 stdout=stdout,
                 stderr=stderr,
                 start_new_session=True,
@@ -362,6 +364,9 @@ class ProcessContainerizer(Containerizer):
                 )
                 self._signal_group(proc, signal.SIGKILL)
         self._processes.clear()
+        if self._devnull >= 0:
+            os.close(self._devnull)
+            self._devnull = -1
 
 
 # -- helpers ----------------------------------------------------------------
