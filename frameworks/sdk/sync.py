@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import functools
 import logging
 import threading
@@ -144,9 +145,16 @@ class SyncDriver:
         self.join()
 
     def stop(self) -> None:
-        """Make the driver stop (without tearing down); see SchedulerDriver.stop."""
+        """Make the driver stop (without tearing down); see SchedulerDriver.stop.
+
+        Before start() it makes the driver end as soon as it starts.
+        """
         loop = self._loop
-        if loop is not None and not loop.is_closed():
+        if loop is None:
+            self._driver.stop()
+            return
+        # A closed loop means the driver has already ended.
+        with contextlib.suppress(RuntimeError):
             loop.call_soon_threadsafe(self._driver.stop)
 
     def accept(
@@ -188,12 +196,19 @@ class SyncDriver:
 
     def _call(self, name: str, coro: Coroutine[Any, Any, T]) -> T:
         loop = self._loop
-        if loop is None or loop.is_closed() or not loop.is_running():
+        try:
+            if loop is None or not loop.is_running():
+                raise RuntimeError("the driver's loop is not running")
+            future = asyncio.run_coroutine_threadsafe(coro, loop)
+        except RuntimeError:
             coro.close()
-            raise NotSubscribed(name)
-        future = asyncio.run_coroutine_threadsafe(coro, loop)
-        # The call's own deadline ends it first; the margin covers scheduling.
-        return future.result(timeout=self._call_timeout + 5.0)
+            raise NotSubscribed(name) from None
+        try:
+            # The call's own deadline ends it first; the margin covers scheduling.
+            return future.result(timeout=self._call_timeout + 5.0)
+        except TimeoutError:
+            future.cancel()
+            raise
 
     def _main(self) -> None:
         async def main() -> None:
