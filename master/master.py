@@ -96,6 +96,9 @@ class Agent:
     disconnected_at: float = 0.0
     #: Whether the allocator knows the agent (not while unreachable).
     in_allocator: bool = False
+    #: Known only from the registry of a previous run: it has not re-registered
+    #: yet, so the master cannot know what it runs.
+    recovering: bool = False
     tasks: dict[tuple[str, str], Task] = field(default_factory=dict)
 
 
@@ -142,6 +145,7 @@ class Master:
         self._allocation: asyncio.TimerHandle | None = None
         self._filter_timer: asyncio.TimerHandle | None = None
         self._periodic: list[asyncio.Task[None]] = []
+        self._last_sweep = self._loop.time()
         self._recover_registry()
 
     # -- lifecycle ---------------------------------------------------------
@@ -163,6 +167,7 @@ class Master:
                 registered_time=entry.registered_time,
                 status=DISCONNECTED,
                 disconnected_at=now,
+                recovering=True,
             )
         for fw_entry in self.registrar.frameworks.values():
             info = common_pb2.FrameworkInfo()
@@ -171,6 +176,8 @@ class Master:
                 info=info, roles=list(info.roles) or [DEFAULT_ROLE], registered_time=fw_entry.registered_time
             )
             self.frameworks[info.id] = framework
+            self.allocator.add_framework(info.id, framework.roles)
+            self.allocator.deactivate_framework(info.id)
             # A master restart must not tear down every framework with a zero
             # failover timeout before it had a chance to resubscribe.
             self._start_failover_timer(framework, at_least=self.config.agent_timeout)
@@ -335,6 +342,7 @@ class Master:
         agent.status = ACTIVE
         agent.link = link
         agent.last_seen = now
+        agent.recovering = False
 
         used = self._reconcile_agent_tasks(agent, register.tasks, was_unreachable)
         self.allocator.add_agent(agent_id, total, used)
@@ -474,6 +482,16 @@ class Master:
     def _sweep_agents(self) -> None:
         now = self._loop.time()
         timeout = self.config.agent_timeout
+        interval = self._sweep_agents_interval()
+        stalled = now - self._last_sweep - interval
+        self._last_sweep = now
+        if stalled > interval:
+            # The master itself did not run (paused, swapped out): the agents'
+            # messages are still queued, so the silence is ours, not theirs.
+            logger.warning("the master stalled for %.1f s; extending agent deadlines", stalled)
+            for agent in self.agents.values():
+                agent.last_seen += stalled
+                agent.disconnected_at += stalled
         for agent in list(self.agents.values()):
             if agent.status == ACTIVE and now - agent.last_seen > timeout:
                 logger.warning(
@@ -490,6 +508,7 @@ class Master:
                 self._mark_unreachable(agent)
 
     def _mark_unreachable(self, agent: Agent) -> None:
+        agent.recovering = False
         logger.warning(
             "agent %s is unreachable; reporting its tasks", agent.id, extra=_ctx(agent_id=agent.id)
         )
@@ -620,7 +639,7 @@ class Master:
         framework = self.frameworks.get(info.id) if info.id else None
         if info.id and info.id in self.removed_frameworks:
             raise Rejected(
-                grpc.StatusCode.FAILED_PRECONDITION,
+                grpc.StatusCode.NOT_FOUND,
                 f"framework {info.id} was torn down; subscribe without an id to register anew",
             )
         stream_id = uuid.uuid4().hex
@@ -952,10 +971,21 @@ class Master:
             return
         for item in request.tasks:
             known = framework.tasks.get(item.task_id) or framework.completed.get(item.task_id)
-            if known is None:
-                self._send_update(framework, self._lost(framework.id, item.task_id, item.agent_id))
-            else:
+            if known is not None:
                 self._send_update(framework, self._reconciled(known))
+            elif not self._may_still_report(item.agent_id):
+                self._send_update(framework, self._lost(framework.id, item.task_id, item.agent_id))
+            # Otherwise no answer yet, as in Mesos: the agent that may run the
+            # task has not re-registered since this master started, and the
+            # framework reconciles again later.
+
+    def _may_still_report(self, agent_id: str) -> bool:
+        """Whether an agent from the previous run, which could run the task,
+        has yet to re-register (any such agent when `agent_id` is empty)."""
+        if agent_id:
+            agent = self.agents.get(agent_id)
+            return agent is not None and agent.recovering
+        return any(agent.recovering for agent in self.agents.values())
 
     def _reconciled(self, task: Task) -> common_pb2.TaskStatus:
         message = task.status.message if task.status is not None else ""
