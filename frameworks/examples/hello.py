@@ -13,7 +13,7 @@ import asyncio
 from corral import logs
 from corral.states import is_terminal, state_name
 from corral.v1 import common_pb2, scheduler_pb2
-from frameworks import DEFAULT_MASTER, Scheduler, SchedulerDriver, TaskSpec, pack
+from frameworks import DEFAULT_MASTER, CallError, Scheduler, SchedulerDriver, TaskSpec, pack
 
 
 class Hello(Scheduler):
@@ -24,9 +24,13 @@ class Hello(Scheduler):
 
     async def offers(self, driver: SchedulerDriver, offers: list[scheduler_pb2.Offer]) -> None:
         packing = pack(offers, self.pending, strategy="spread")
-        self.pending = packing.unplaced
         if packing.tasks:
-            await driver.accept(packing.offer_ids, packing.tasks)
+            try:
+                await driver.accept(packing.offer_ids, packing.tasks)
+            except CallError as exc:  # an offer went away meanwhile: retry with the next ones
+                print(f"launch refused ({exc.details}); retrying", flush=True)
+                return
+        self.pending = packing.unplaced
         if packing.leftover_offer_ids:
             await driver.decline(packing.leftover_offer_ids)
         if not self.pending:

@@ -319,12 +319,12 @@ class SchedulerDriver:
     async def _dispatch(self, event: scheduler_pb2.Event) -> None:
         kind = event.WhichOneof("event")
         if kind == "offers":
-            await self._invoke(self._scheduler.offers, list(event.offers.offers))
+            await self._invoke_on_subscription(self._scheduler.offers, list(event.offers.offers))
         elif kind == "rescind":
-            await self._invoke(self._scheduler.rescinded, event.rescind.offer_id)
+            await self._invoke_on_subscription(self._scheduler.rescinded, event.rescind.offer_id)
         elif kind == "update":
             status = event.update.status
-            await self._invoke(self._scheduler.update, status)
+            await self._invoke_on_subscription(self._scheduler.update, status)
             if self._implicit_acks and status.uuid and not self._gone:
                 self._acks.append(Ack(agent_id=status.agent_id, task_id=status.task_id, uuid=status.uuid))
                 self._schedule_ack_flush()
@@ -341,6 +341,29 @@ class SchedulerDriver:
             self.stop()
         else:
             log.warning("ignoring an unexpected %s event", kind, extra=self._context())
+
+    async def _invoke_on_subscription(self, callback: Callable[..., CallbackResult], *args: Any) -> None:
+        """Run a callback for an event of the current subscription.
+
+        A call the callback makes can fail only because that subscription
+        ended meanwhile (the master failed over or restarted): UNAVAILABLE,
+        or PERMISSION_DENIED for the stale stream id. That is no bug of the
+        framework's, so it does not stop the driver: the driver resubscribes,
+        `disconnected` is called, and fresh offers follow.
+        """
+        try:
+            await self._invoke(callback, *args)
+        except CallError as exc:
+            if exc.code not in _SUBSCRIPTION_LOST_CODES:
+                raise
+            log.warning(
+                "%s from the %s callback failed because the subscription ended (%s: %s); resubscribing",
+                exc.call,
+                callback.__name__,
+                exc.code.name,
+                exc.details,
+                extra=self._context(),
+            )
 
     async def _invoke(self, callback: Callable[..., CallbackResult], *args: Any) -> None:
         result = callback(self, *args)
@@ -459,7 +482,11 @@ class SchedulerDriver:
 
     async def decline(self, offer_ids: Iterable[str], refuse_seconds: float | None = None) -> None:
         """Give offers back; their resources are not offered to this framework
-        again for `refuse_seconds` (master default: 5 s)."""
+        again for `refuse_seconds` (master default: 5 s).
+
+        Declining an offer that is already gone (rescinded or timed out
+        meanwhile) is not an error: its resources went back all the same.
+        """
         stub, framework_id, stream_id = self._session_for("Decline")
         request = scheduler_pb2.DeclineRequest(
             framework_id=framework_id,
@@ -467,7 +494,12 @@ class SchedulerDriver:
             offer_ids=_strings("offer_ids", offer_ids),
             filters=_filters(refuse_seconds),
         )
-        await self._rpc("Decline", stub.Decline(request, timeout=self._call_timeout))
+        try:
+            await self._rpc("Decline", stub.Decline(request, timeout=self._call_timeout))
+        except CallError as exc:
+            if exc.code != grpc.StatusCode.NOT_FOUND:
+                raise
+            log.info("declined offers were already gone: %s", exc.details, extra=self._context())
 
     async def revive(self, roles: Iterable[str] | None = None) -> None:
         """Clear decline filters and resume offers for `roles` (default: all)."""
@@ -587,6 +619,10 @@ async def _next(
     if isinstance(item, Exception):
         raise item
     return item
+
+
+#: What a call fails with when the subscription it was made on has ended.
+_SUBSCRIPTION_LOST_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.PERMISSION_DENIED})
 
 
 def _filters(refuse_seconds: float | None) -> scheduler_pb2.Filters:

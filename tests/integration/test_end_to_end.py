@@ -11,13 +11,14 @@ from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+import grpc
 import psutil
 import pytest
 
 from corral.states import is_terminal
 from corral.testing import Cluster, wait_for
 from corral.v1 import common_pb2, scheduler_pb2
-from frameworks import Scheduler, SchedulerDriver, TaskSpec, pack
+from frameworks import CallError, Scheduler, SchedulerDriver, TaskSpec, pack
 
 pytestmark = pytest.mark.integration
 
@@ -43,11 +44,16 @@ class Recorder(Scheduler):
 
     async def offers(self, driver: SchedulerDriver, offers: list[scheduler_pb2.Offer]) -> None:
         packing = pack(offers, self.pending, self.strategy)  # type: ignore[arg-type]
+        if packing.tasks:
+            try:
+                await driver.accept(packing.offer_ids, packing.tasks, refuse_seconds=0)
+            except CallError as exc:
+                if exc.code != grpc.StatusCode.NOT_FOUND:
+                    raise
+                return  # an offer was rescinded meanwhile; the tasks wait for the next offers
         self.pending = packing.unplaced
         for task in packing.tasks:
             self.agents_of[task.task_id] = task.agent_id
-        if packing.tasks:
-            await driver.accept(packing.offer_ids, packing.tasks, refuse_seconds=0)
         if packing.leftover_offer_ids:
             await driver.decline(packing.leftover_offer_ids, refuse_seconds=0 if self.pending else 30)
 
