@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from typing import Any
 
 import grpc
@@ -57,9 +58,14 @@ class RawFramework:
         return item
 
     def wait(self, kind: str, timeout: float = 10.0) -> scheduler_pb2.Event:
-        """Skip events until one of `kind` (offers, update, rescind, error...)."""
+        """Skip events until one of `kind` (offers, update, rescind, error...);
+        raise queue.Empty when none arrives within `timeout` seconds."""
+        deadline = time.monotonic() + timeout
         while True:
-            event = self.next_event(timeout)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise queue.Empty
+            event = self.next_event(remaining)
             if event.HasField(kind):
                 return event
 

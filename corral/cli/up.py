@@ -63,9 +63,9 @@ process it started, then SIGKILL after --stop-timeout.
 Each component logs to <work dir>/logs/<name>.log; --show-logs also prints
 those lines here, prefixed with the component's name.
 
-Agents leave their tasks running when they stop (a restarted agent adopts
-them); `corral up` stops for good, so it then stops every task process whose
-sandbox is under its work dir.
+Agents leave their tasks running when they stop (so that a restarted agent
+can adopt them, in a later version); `corral up` stops for good, so it then
+stops every task process whose sandbox is under its work dir.
 """
 
 EPILOG = """\

@@ -302,3 +302,27 @@ def test_master_restart_keeps_agents_frameworks_and_tasks(cluster: Cluster) -> N
 
     asyncio.run(with_driver(recorder, address, body, failover_timeout=60))
     assert os.path.exists(cluster.root / "master" / "registry.pb")
+
+
+def test_running_tasks_report_their_resource_usage_to_the_master(cluster: Cluster) -> None:
+    cluster.start_master()
+    cluster.start_agent("--usage-interval", "0.3")
+    cluster.wait_agents(1)
+    # Two processes: a shell that waits on a busy child.
+    recorder = Recorder([TaskSpec("sh -c 'while :; do :; done' & wait", task_id="busy")])
+
+    async def body(driver: SchedulerDriver) -> None:
+        await recorder.until(lambda: recorder.in_state("busy", S.TASK_RUNNING), what="RUNNING")
+
+        def measured() -> common_pb2.ResourceUsage | None:
+            for entry in cluster.state().tasks:
+                if entry.task.task_id == "busy" and entry.usage.cpu_user_seconds > 0.05:
+                    return entry.usage
+            return None
+
+        usage = await asyncio.to_thread(wait_for, measured, 20.0, "usage of the busy task")
+        assert usage.mem_rss_bytes > 0
+        assert usage.processes >= 2
+        await driver.teardown()
+
+    asyncio.run(with_driver(recorder, cluster.master_address, body))
