@@ -79,7 +79,10 @@ def load(
         help_text = f"{field.metadata.get('help', '')} (env {env_name}; default {field.default!r})"
         if kind is bool:
             parser.add_argument(
-                _flag(field), dest=field.name, action=argparse.BooleanOptionalAction, default=None,
+                _flag(field),
+                dest=field.name,
+                action=argparse.BooleanOptionalAction,
+                default=None,
                 help=help_text,
             )
         else:

@@ -40,7 +40,7 @@ FAST_MASTER_FLAGS = (
 
 
 def wait_for(
-    condition: Callable[[], T], timeout: float = 20.0, what: str = "condition", interval: float = 0.02
+    condition: Callable[[], T | None], timeout: float = 20.0, what: str = "condition", interval: float = 0.02
 ) -> T:
     """Poll `condition` until it returns something truthy; fail naming `what`."""
     deadline = time.monotonic() + timeout
