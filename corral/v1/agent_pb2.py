@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from corral.v1 import common_pb2 as corral_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x63orral/v1/agent.proto\x12\tcorral.v1\x1a\x16\x63orral/v1/common.proto\"j\n\nTaskReport\x12\x14\n\x0c\x66ramework_id\x18\x01 \x01(\t\x12!\n\x04task\x18\x02 \x01(\x0b\x32\x13.corral.v1.TaskInfo\x12#\n\x05state\x18\x03 \x01(\x0e\x32\x14.corral.v1.TaskState\"\xe0\x01\n\x08Register\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x10\n\x08hostname\x18\x02 \x01(\t\x12&\n\tresources\x18\x03 \x03(\x0b\x32\x13.corral.v1.Resource\x12(\n\nattributes\x18\x04 \x03(\x0b\x32\x14.corral.v1.Attribute\x12\x16\n\x0e\x63ontainerizers\x18\x05 \x03(\t\x12$\n\x05tasks\x18\x06 \x03(\x0b\x32\x15.corral.v1.TaskReport\x12\x0f\n\x07version\x18\x07 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x08 \x01(\t\"\x0b\n\tHeartbeat\"7\n\rStatusUpdates\x12&\n\x07updates\x18\x01 \x03(\x0b\x32\x15.corral.v1.TaskStatus\"[\n\tTaskUsage\x12\x14\n\x0c\x66ramework_id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\'\n\x05usage\x18\x03 \x01(\x0b\x32\x18.corral.v1.ResourceUsage\"2\n\x0bUsageReport\x12#\n\x05tasks\x18\x01 \x03(\x0b\x32\x14.corral.v1.TaskUsage\"\xca\x01\n\x0c\x41gentMessage\x12\'\n\x08register\x18\x01 \x01(\x0b\x32\x13.corral.v1.RegisterH\x00\x12)\n\theartbeat\x18\x02 \x01(\x0b\x32\x14.corral.v1.HeartbeatH\x00\x12\x32\n\x0estatus_updates\x18\x03 \x01(\x0b\x32\x18.corral.v1.StatusUpdatesH\x00\x12\'\n\x05usage\x18\x04 \x01(\x0b\x32\x16.corral.v1.UsageReportH\x00\x42\t\n\x07message\"i\n\nRegistered\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\"\n\x1aheartbeat_interval_seconds\x18\x02 \x01(\x01\x12%\n\x06master\x18\x03 \x01(\x0b\x32\x15.corral.v1.MasterInfo\"Y\n\x07RunTask\x12+\n\tframework\x18\x01 \x01(\x0b\x32\x18.corral.v1.FrameworkInfo\x12!\n\x04task\x18\x02 \x01(\x0b\x32\x13.corral.v1.TaskInfo\"-\n\x08RunTasks\x12!\n\x05tasks\x18\x01 \x03(\x0b\x32\x12.corral.v1.RunTask\"]\n\x08KillTask\x12\x14\n\x0c\x66ramework_id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12*\n\x0bkill_policy\x18\x03 \x01(\x0b\x32\x15.corral.v1.KillPolicy\"F\n\x0f\x41\x63knowledgement\x12\x14\n\x0c\x66ramework_id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\x0c\n\x04uuid\x18\x03 \x01(\x0c\"H\n\x10\x41\x63knowledgements\x12\x34\n\x10\x61\x63knowledgements\x18\x01 \x03(\x0b\x32\x1a.corral.v1.Acknowledgement\")\n\x11ShutdownFramework\x12\x14\n\x0c\x66ramework_id\x18\x01 \x01(\t\"\x19\n\x07Refused\x12\x0e\n\x06reason\x18\x01 \x01(\t\"\xb7\x02\n\rMasterMessage\x12+\n\nregistered\x18\x01 \x01(\x0b\x32\x15.corral.v1.RegisteredH\x00\x12(\n\trun_tasks\x18\x02 \x01(\x0b\x32\x13.corral.v1.RunTasksH\x00\x12(\n\tkill_task\x18\x03 \x01(\x0b\x32\x13.corral.v1.KillTaskH\x00\x12\x37\n\x10\x61\x63knowledgements\x18\x04 \x01(\x0b\x32\x1b.corral.v1.AcknowledgementsH\x00\x12:\n\x12shutdown_framework\x18\x05 \x01(\x0b\x32\x1c.corral.v1.ShutdownFrameworkH\x00\x12%\n\x07refused\x18\x06 \x01(\x0b\x32\x12.corral.v1.RefusedH\x00\x42\t\n\x07message2P\n\x0c\x41gentService\x12@\n\x07\x43onnect\x12\x17.corral.v1.AgentMessage\x1a\x18.corral.v1.MasterMessage(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x63orral/v1/agent.proto\x12\tcorral.v1\x1a\x16\x63orral/v1/common.proto\"j\n\nTaskReport\x12\x14\n\x0c\x66ramework_id\x18\x01 \x01(\t\x12!\n\x04task\x18\x02 \x01(\x0b\x32\x13.corral.v1.TaskInfo\x12#\n\x05state\x18\x03 \x01(\x0e\x32\x14.corral.v1.TaskState\"\xe0\x01\n\x08Register\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x10\n\x08hostname\x18\x02 \x01(\t\x12&\n\tresources\x18\x03 \x03(\x0b\x32\x13.corral.v1.Resource\x12(\n\nattributes\x18\x04 \x03(\x0b\x32\x14.corral.v1.Attribute\x12\x16\n\x0e\x63ontainerizers\x18\x05 \x03(\t\x12$\n\x05tasks\x18\x06 \x03(\x0b\x32\x15.corral.v1.TaskReport\x12\x0f\n\x07version\x18\x07 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x08 \x01(\t\"\x0b\n\tHeartbeat\"7\n\rStatusUpdates\x12&\n\x07updates\x18\x01 \x03(\x0b\x32\x15.corral.v1.TaskStatus\"[\n\tTaskUsage\x12\x14\n\x0c\x66ramework_id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\'\n\x05usage\x18\x03 \x01(\x0b\x32\x18.corral.v1.ResourceUsage\"2\n\x0bUsageReport\x12#\n\x05tasks\x18\x01 \x03(\x0b\x32\x14.corral.v1.TaskUsage\"Y\n\x08\x46ileData\x12\x12\n\nrequest_id\x18\x01 \x01(\x04\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12\x0c\n\x04size\x18\x04 \x01(\x04\x12\r\n\x05\x65rror\x18\x05 \x01(\t\"\xf4\x01\n\x0c\x41gentMessage\x12\'\n\x08register\x18\x01 \x01(\x0b\x32\x13.corral.v1.RegisterH\x00\x12)\n\theartbeat\x18\x02 \x01(\x0b\x32\x14.corral.v1.HeartbeatH\x00\x12\x32\n\x0estatus_updates\x18\x03 \x01(\x0b\x32\x18.corral.v1.StatusUpdatesH\x00\x12\'\n\x05usage\x18\x04 \x01(\x0b\x32\x16.corral.v1.UsageReportH\x00\x12(\n\tfile_data\x18\x05 \x01(\x0b\x32\x13.corral.v1.FileDataH\x00\x42\t\n\x07message\"i\n\nRegistered\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\"\n\x1aheartbeat_interval_seconds\x18\x02 \x01(\x01\x12%\n\x06master\x18\x03 \x01(\x0b\x32\x15.corral.v1.MasterInfo\"Y\n\x07RunTask\x12+\n\tframework\x18\x01 \x01(\x0b\x32\x18.corral.v1.FrameworkInfo\x12!\n\x04task\x18\x02 \x01(\x0b\x32\x13.corral.v1.TaskInfo\"-\n\x08RunTasks\x12!\n\x05tasks\x18\x01 \x03(\x0b\x32\x12.corral.v1.RunTask\"]\n\x08KillTask\x12\x14\n\x0c\x66ramework_id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12*\n\x0bkill_policy\x18\x03 \x01(\x0b\x32\x15.corral.v1.KillPolicy\"F\n\x0f\x41\x63knowledgement\x12\x14\n\x0c\x66ramework_id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\x0c\n\x04uuid\x18\x03 \x01(\x0c\"H\n\x10\x41\x63knowledgements\x12\x34\n\x10\x61\x63knowledgements\x18\x01 \x03(\x0b\x32\x1a.corral.v1.Acknowledgement\")\n\x11ShutdownFramework\x12\x14\n\x0c\x66ramework_id\x18\x01 \x01(\t\"\x19\n\x07Refused\x12\x0e\n\x06reason\x18\x01 \x01(\t\"s\n\x08ReadFile\x12\x12\n\nrequest_id\x18\x01 \x01(\x04\x12\x14\n\x0c\x66ramework_id\x18\x02 \x01(\t\x12\x0f\n\x07task_id\x18\x03 \x01(\t\x12\x0c\n\x04name\x18\x04 \x01(\t\x12\x0e\n\x06offset\x18\x05 \x01(\x04\x12\x0e\n\x06length\x18\x06 \x01(\r\"\xe1\x02\n\rMasterMessage\x12+\n\nregistered\x18\x01 \x01(\x0b\x32\x15.corral.v1.RegisteredH\x00\x12(\n\trun_tasks\x18\x02 \x01(\x0b\x32\x13.corral.v1.RunTasksH\x00\x12(\n\tkill_task\x18\x03 \x01(\x0b\x32\x13.corral.v1.KillTaskH\x00\x12\x37\n\x10\x61\x63knowledgements\x18\x04 \x01(\x0b\x32\x1b.corral.v1.AcknowledgementsH\x00\x12:\n\x12shutdown_framework\x18\x05 \x01(\x0b\x32\x1c.corral.v1.ShutdownFrameworkH\x00\x12%\n\x07refused\x18\x06 \x01(\x0b\x32\x12.corral.v1.RefusedH\x00\x12(\n\tread_file\x18\x07 \x01(\x0b\x32\x13.corral.v1.ReadFileH\x00\x42\t\n\x07message2P\n\x0c\x41gentService\x12@\n\x07\x43onnect\x12\x17.corral.v1.AgentMessage\x1a\x18.corral.v1.MasterMessage(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -44,26 +44,30 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TASKUSAGE']._serialized_end=556
   _globals['_USAGEREPORT']._serialized_start=558
   _globals['_USAGEREPORT']._serialized_end=608
-  _globals['_AGENTMESSAGE']._serialized_start=611
-  _globals['_AGENTMESSAGE']._serialized_end=813
-  _globals['_REGISTERED']._serialized_start=815
-  _globals['_REGISTERED']._serialized_end=920
-  _globals['_RUNTASK']._serialized_start=922
-  _globals['_RUNTASK']._serialized_end=1011
-  _globals['_RUNTASKS']._serialized_start=1013
-  _globals['_RUNTASKS']._serialized_end=1058
-  _globals['_KILLTASK']._serialized_start=1060
-  _globals['_KILLTASK']._serialized_end=1153
-  _globals['_ACKNOWLEDGEMENT']._serialized_start=1155
-  _globals['_ACKNOWLEDGEMENT']._serialized_end=1225
-  _globals['_ACKNOWLEDGEMENTS']._serialized_start=1227
-  _globals['_ACKNOWLEDGEMENTS']._serialized_end=1299
-  _globals['_SHUTDOWNFRAMEWORK']._serialized_start=1301
-  _globals['_SHUTDOWNFRAMEWORK']._serialized_end=1342
-  _globals['_REFUSED']._serialized_start=1344
-  _globals['_REFUSED']._serialized_end=1369
-  _globals['_MASTERMESSAGE']._serialized_start=1372
-  _globals['_MASTERMESSAGE']._serialized_end=1683
-  _globals['_AGENTSERVICE']._serialized_start=1685
-  _globals['_AGENTSERVICE']._serialized_end=1765
+  _globals['_FILEDATA']._serialized_start=610
+  _globals['_FILEDATA']._serialized_end=699
+  _globals['_AGENTMESSAGE']._serialized_start=702
+  _globals['_AGENTMESSAGE']._serialized_end=946
+  _globals['_REGISTERED']._serialized_start=948
+  _globals['_REGISTERED']._serialized_end=1053
+  _globals['_RUNTASK']._serialized_start=1055
+  _globals['_RUNTASK']._serialized_end=1144
+  _globals['_RUNTASKS']._serialized_start=1146
+  _globals['_RUNTASKS']._serialized_end=1191
+  _globals['_KILLTASK']._serialized_start=1193
+  _globals['_KILLTASK']._serialized_end=1286
+  _globals['_ACKNOWLEDGEMENT']._serialized_start=1288
+  _globals['_ACKNOWLEDGEMENT']._serialized_end=1358
+  _globals['_ACKNOWLEDGEMENTS']._serialized_start=1360
+  _globals['_ACKNOWLEDGEMENTS']._serialized_end=1432
+  _globals['_SHUTDOWNFRAMEWORK']._serialized_start=1434
+  _globals['_SHUTDOWNFRAMEWORK']._serialized_end=1475
+  _globals['_REFUSED']._serialized_start=1477
+  _globals['_REFUSED']._serialized_end=1502
+  _globals['_READFILE']._serialized_start=1504
+  _globals['_READFILE']._serialized_end=1619
+  _globals['_MASTERMESSAGE']._serialized_start=1622
+  _globals['_MASTERMESSAGE']._serialized_end=1975
+  _globals['_AGENTSERVICE']._serialized_start=1977
+  _globals['_AGENTSERVICE']._serialized_end=2057
 # @@protoc_insertion_point(module_scope)

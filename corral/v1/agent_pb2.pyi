@@ -183,6 +183,42 @@ class UsageReport(_message.Message):
 Global___UsageReport: _TypeAlias = UsageReport  # noqa: Y015
 
 @_typing.final
+class FileData(_message.Message):
+    """A piece of a task's sandbox file, answering ReadFile."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    OFFSET_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    SIZE_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.int
+    offset: _builtins.int
+    """Where `data` starts in the file."""
+    data: _builtins.bytes
+    size: _builtins.int
+    """The file's size when it was read."""
+    error: _builtins.str
+    """A person-readable reason when the file cannot be read; `data` is empty."""
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.int = ...,
+        offset: _builtins.int = ...,
+        data: _builtins.bytes = ...,
+        size: _builtins.int = ...,
+        error: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "error", b"error", "offset", b"offset", "request_id", b"request_id", "size", b"size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FileData: _TypeAlias = FileData  # noqa: Y015
+
+@_typing.final
 class AgentMessage(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -190,6 +226,7 @@ class AgentMessage(_message.Message):
     HEARTBEAT_FIELD_NUMBER: _builtins.int
     STATUS_UPDATES_FIELD_NUMBER: _builtins.int
     USAGE_FIELD_NUMBER: _builtins.int
+    FILE_DATA_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def register(self) -> Global___Register: ...
     @_builtins.property
@@ -198,6 +235,8 @@ class AgentMessage(_message.Message):
     def status_updates(self) -> Global___StatusUpdates: ...
     @_builtins.property
     def usage(self) -> Global___UsageReport: ...
+    @_builtins.property
+    def file_data(self) -> Global___FileData: ...
     def __init__(
         self,
         *,
@@ -205,12 +244,13 @@ class AgentMessage(_message.Message):
         heartbeat: Global___Heartbeat | None = ...,
         status_updates: Global___StatusUpdates | None = ...,
         usage: Global___UsageReport | None = ...,
+        file_data: Global___FileData | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["heartbeat", b"heartbeat", "message", b"message", "register", b"register", "status_updates", b"status_updates", "usage", b"usage"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["file_data", b"file_data", "heartbeat", b"heartbeat", "message", b"message", "register", b"register", "status_updates", b"status_updates", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["heartbeat", b"heartbeat", "message", b"message", "register", b"register", "status_updates", b"status_updates", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["file_data", b"file_data", "heartbeat", b"heartbeat", "message", b"message", "register", b"register", "status_updates", b"status_updates", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["register", "heartbeat", "status_updates", "usage"]  # noqa: Y015
+    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["register", "heartbeat", "status_updates", "usage", "file_data"]  # noqa: Y015
     _WhichOneofArgType_message: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_message) -> _WhichOneofReturnType_message | None: ...
 
@@ -408,6 +448,44 @@ class Refused(_message.Message):
 Global___Refused: _TypeAlias = Refused  # noqa: Y015
 
 @_typing.final
+class ReadFile(_message.Message):
+    """Read part of a file in a task's sandbox ("stdout" or "stderr"); the agent
+    answers with one FileData carrying the same request_id.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    FRAMEWORK_ID_FIELD_NUMBER: _builtins.int
+    TASK_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    OFFSET_FIELD_NUMBER: _builtins.int
+    LENGTH_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.int
+    framework_id: _builtins.str
+    task_id: _builtins.str
+    name: _builtins.str
+    offset: _builtins.int
+    length: _builtins.int
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.int = ...,
+        framework_id: _builtins.str = ...,
+        task_id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        offset: _builtins.int = ...,
+        length: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["framework_id", b"framework_id", "length", b"length", "name", b"name", "offset", b"offset", "request_id", b"request_id", "task_id", b"task_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReadFile: _TypeAlias = ReadFile  # noqa: Y015
+
+@_typing.final
 class MasterMessage(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -417,6 +495,7 @@ class MasterMessage(_message.Message):
     ACKNOWLEDGEMENTS_FIELD_NUMBER: _builtins.int
     SHUTDOWN_FRAMEWORK_FIELD_NUMBER: _builtins.int
     REFUSED_FIELD_NUMBER: _builtins.int
+    READ_FILE_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def registered(self) -> Global___Registered: ...
     @_builtins.property
@@ -429,6 +508,8 @@ class MasterMessage(_message.Message):
     def shutdown_framework(self) -> Global___ShutdownFramework: ...
     @_builtins.property
     def refused(self) -> Global___Refused: ...
+    @_builtins.property
+    def read_file(self) -> Global___ReadFile: ...
     def __init__(
         self,
         *,
@@ -438,12 +519,13 @@ class MasterMessage(_message.Message):
         acknowledgements: Global___Acknowledgements | None = ...,
         shutdown_framework: Global___ShutdownFramework | None = ...,
         refused: Global___Refused | None = ...,
+        read_file: Global___ReadFile | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["acknowledgements", b"acknowledgements", "kill_task", b"kill_task", "message", b"message", "refused", b"refused", "registered", b"registered", "run_tasks", b"run_tasks", "shutdown_framework", b"shutdown_framework"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["acknowledgements", b"acknowledgements", "kill_task", b"kill_task", "message", b"message", "read_file", b"read_file", "refused", b"refused", "registered", b"registered", "run_tasks", b"run_tasks", "shutdown_framework", b"shutdown_framework"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["acknowledgements", b"acknowledgements", "kill_task", b"kill_task", "message", b"message", "refused", b"refused", "registered", b"registered", "run_tasks", b"run_tasks", "shutdown_framework", b"shutdown_framework"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acknowledgements", b"acknowledgements", "kill_task", b"kill_task", "message", b"message", "read_file", b"read_file", "refused", b"refused", "registered", b"registered", "run_tasks", b"run_tasks", "shutdown_framework", b"shutdown_framework"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["registered", "run_tasks", "kill_task", "acknowledgements", "shutdown_framework", "refused"]  # noqa: Y015
+    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["registered", "run_tasks", "kill_task", "acknowledgements", "shutdown_framework", "refused", "read_file"]  # noqa: Y015
     _WhichOneofArgType_message: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_message) -> _WhichOneofReturnType_message | None: ...
 

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x63orral/v1/common.proto\x12\tcorral.v1\"#\n\x05Range\x12\r\n\x05\x62\x65gin\x18\x01 \x01(\x04\x12\x0b\n\x03\x65nd\x18\x02 \x01(\x04\"J\n\x08Resource\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06scalar\x18\x02 \x01(\x01\x12 \n\x06ranges\x18\x03 \x03(\x0b\x32\x10.corral.v1.Range\"\'\n\tAttribute\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\"\x94\x02\n\nTaskStatus\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x14\n\x0c\x66ramework_id\x18\x02 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x03 \x01(\t\x12#\n\x05state\x18\x04 \x01(\x0e\x32\x14.corral.v1.TaskState\x12\x0f\n\x07message\x18\x05 \x01(\t\x12\'\n\x06source\x18\x06 \x01(\x0e\x32\x17.corral.v1.StatusSource\x12\'\n\x06reason\x18\x07 \x01(\x0e\x32\x17.corral.v1.StatusReason\x12\x0c\n\x04uuid\x18\x08 \x01(\x0c\x12\x11\n\ttimestamp\x18\t \x01(\x01\x12\x16\n\texit_code\x18\n \x01(\x05H\x00\x88\x01\x01\x42\x0c\n\n_exit_code\"\xb0\x01\n\x0b\x43ommandInfo\x12\r\n\x05value\x18\x01 \x01(\t\x12\x11\n\targuments\x18\x02 \x03(\t\x12\r\n\x05shell\x18\x03 \x01(\x08\x12<\n\x0b\x65nvironment\x18\x04 \x03(\x0b\x32\'.corral.v1.CommandInfo.EnvironmentEntry\x1a\x32\n\x10\x45nvironmentEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"*\n\nKillPolicy\x12\x1c\n\x14grace_period_seconds\x18\x01 \x01(\x01\"\xaf\x02\n\x08TaskInfo\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x03 \x01(\t\x12&\n\tresources\x18\x04 \x03(\x0b\x32\x13.corral.v1.Resource\x12\'\n\x07\x63ommand\x18\x05 \x01(\x0b\x32\x16.corral.v1.CommandInfo\x12*\n\x0bkill_policy\x18\x06 \x01(\x0b\x32\x15.corral.v1.KillPolicy\x12/\n\x06labels\x18\x07 \x03(\x0b\x32\x1f.corral.v1.TaskInfo.LabelsEntry\x12\x15\n\rcontainerizer\x18\x08 \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x82\x01\n\rResourceUsage\x12\x18\n\x10\x63pu_user_seconds\x18\x01 \x01(\x01\x12\x1a\n\x12\x63pu_system_seconds\x18\x02 \x01(\x01\x12\x15\n\rmem_rss_bytes\x18\x03 \x01(\x04\x12\x11\n\tprocesses\x18\x04 \x01(\r\x12\x11\n\ttimestamp\x18\x05 \x01(\x01\"\x7f\n\rFrameworkInfo\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05roles\x18\x03 \x03(\t\x12 \n\x18\x66\x61ilover_timeout_seconds\x18\x04 \x01(\x01\x12\x11\n\tprincipal\x18\x05 \x01(\t\x12\x10\n\x08hostname\x18\x06 \x01(\t\"N\n\nMasterInfo\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x12\n\nstart_time\x18\x04 \x01(\x01*\x8d\x02\n\tTaskState\x12\x1a\n\x16TASK_STATE_UNSPECIFIED\x10\x00\x12\x10\n\x0cTASK_STAGING\x10\x01\x12\x11\n\rTASK_STARTING\x10\x02\x12\x10\n\x0cTASK_RUNNING\x10\x03\x12\x10\n\x0cTASK_KILLING\x10\x04\x12\x11\n\rTASK_FINISHED\x10\x05\x12\x0f\n\x0bTASK_FAILED\x10\x06\x12\x0f\n\x0bTASK_KILLED\x10\x07\x12\x0e\n\nTASK_ERROR\x10\x08\x12\r\n\tTASK_LOST\x10\t\x12\x10\n\x0cTASK_DROPPED\x10\n\x12\x14\n\x10TASK_UNREACHABLE\x10\x0b\x12\r\n\tTASK_GONE\x10\x0c\x12\x10\n\x0cTASK_UNKNOWN\x10\r*K\n\x0cStatusSource\x12\x16\n\x12SOURCE_UNSPECIFIED\x10\x00\x12\x11\n\rSOURCE_MASTER\x10\x01\x12\x10\n\x0cSOURCE_AGENT\x10\x02*\xe5\x02\n\x0cStatusReason\x12\x16\n\x12REASON_UNSPECIFIED\x10\x00\x12\x19\n\x15REASON_COMMAND_EXITED\x10\x01\x12\x1e\n\x1aREASON_KILLED_BY_FRAMEWORK\x10\x02\x12\x18\n\x14REASON_AGENT_REMOVED\x10\x03\x12\x1c\n\x18REASON_AGENT_UNREACHABLE\x10\x04\x12\x1d\n\x19REASON_AGENT_REREGISTERED\x10\x05\x12\x19\n\x15REASON_RECONCILIATION\x10\x06\x12\x17\n\x13REASON_TASK_INVALID\x10\x07\x12\x18\n\x14REASON_LAUNCH_FAILED\x10\x08\x12\x1c\n\x18REASON_FRAMEWORK_REMOVED\x10\t\x12$\n REASON_CONTAINERIZER_UNSUPPORTED\x10\n\x12\x19\n\x15REASON_AGENT_SHUTDOWN\x10\x0b\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x63orral/v1/common.proto\x12\tcorral.v1\"#\n\x05Range\x12\r\n\x05\x62\x65gin\x18\x01 \x01(\x04\x12\x0b\n\x03\x65nd\x18\x02 \x01(\x04\"J\n\x08Resource\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06scalar\x18\x02 \x01(\x01\x12 \n\x06ranges\x18\x03 \x03(\x0b\x32\x10.corral.v1.Range\"\'\n\tAttribute\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\"\xb6\x02\n\nTaskStatus\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x14\n\x0c\x66ramework_id\x18\x02 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x03 \x01(\t\x12#\n\x05state\x18\x04 \x01(\x0e\x32\x14.corral.v1.TaskState\x12\x0f\n\x07message\x18\x05 \x01(\t\x12\'\n\x06source\x18\x06 \x01(\x0e\x32\x17.corral.v1.StatusSource\x12\'\n\x06reason\x18\x07 \x01(\x0e\x32\x17.corral.v1.StatusReason\x12\x0c\n\x04uuid\x18\x08 \x01(\x0c\x12\x11\n\ttimestamp\x18\t \x01(\x01\x12\x16\n\texit_code\x18\n \x01(\x05H\x00\x88\x01\x01\x12\x14\n\x07healthy\x18\x0b \x01(\x08H\x01\x88\x01\x01\x42\x0c\n\n_exit_codeB\n\n\x08_healthy\"\xb0\x01\n\x0b\x43ommandInfo\x12\r\n\x05value\x18\x01 \x01(\t\x12\x11\n\targuments\x18\x02 \x03(\t\x12\r\n\x05shell\x18\x03 \x01(\x08\x12<\n\x0b\x65nvironment\x18\x04 \x03(\x0b\x32\'.corral.v1.CommandInfo.EnvironmentEntry\x1a\x32\n\x10\x45nvironmentEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"*\n\nKillPolicy\x12\x1c\n\x14grace_period_seconds\x18\x01 \x01(\x01\"\xc1\x02\n\x0bHealthCheck\x12)\n\x04type\x18\x01 \x01(\x0e\x32\x1b.corral.v1.HealthCheck.Type\x12\'\n\x07\x63ommand\x18\x02 \x01(\x0b\x32\x16.corral.v1.CommandInfo\x12\x0c\n\x04port\x18\x03 \x01(\r\x12\x0c\n\x04path\x18\x04 \x01(\t\x12\x15\n\rdelay_seconds\x18\x05 \x01(\x01\x12\x18\n\x10interval_seconds\x18\x06 \x01(\x01\x12\x17\n\x0ftimeout_seconds\x18\x07 \x01(\x01\x12\x1c\n\x14\x63onsecutive_failures\x18\x08 \x01(\r\x12\x1c\n\x14grace_period_seconds\x18\t \x01(\x01\"<\n\x04Type\x12\x14\n\x10TYPE_UNSPECIFIED\x10\x00\x12\x0b\n\x07\x43OMMAND\x10\x01\x12\x07\n\x03TCP\x10\x02\x12\x08\n\x04HTTP\x10\x03\"J\n\x0bPortMapping\x12\x16\n\x0e\x63ontainer_port\x18\x01 \x01(\r\x12\x11\n\thost_port\x18\x02 \x01(\r\x12\x10\n\x08protocol\x18\x03 \x01(\t\"a\n\rContainerInfo\x12\r\n\x05image\x18\x01 \x01(\t\x12-\n\rport_mappings\x18\x02 \x03(\x0b\x32\x16.corral.v1.PortMapping\x12\x12\n\nforce_pull\x18\x03 \x01(\x08\"\x8a\x03\n\x08TaskInfo\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x03 \x01(\t\x12&\n\tresources\x18\x04 \x03(\x0b\x32\x13.corral.v1.Resource\x12\'\n\x07\x63ommand\x18\x05 \x01(\x0b\x32\x16.corral.v1.CommandInfo\x12*\n\x0bkill_policy\x18\x06 \x01(\x0b\x32\x15.corral.v1.KillPolicy\x12/\n\x06labels\x18\x07 \x03(\x0b\x32\x1f.corral.v1.TaskInfo.LabelsEntry\x12\x15\n\rcontainerizer\x18\x08 \x01(\t\x12,\n\x0chealth_check\x18\t \x01(\x0b\x32\x16.corral.v1.HealthCheck\x12+\n\tcontainer\x18\n \x01(\x0b\x32\x18.corral.v1.ContainerInfo\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x82\x01\n\rResourceUsage\x12\x18\n\x10\x63pu_user_seconds\x18\x01 \x01(\x01\x12\x1a\n\x12\x63pu_system_seconds\x18\x02 \x01(\x01\x12\x15\n\rmem_rss_bytes\x18\x03 \x01(\x04\x12\x11\n\tprocesses\x18\x04 \x01(\r\x12\x11\n\ttimestamp\x18\x05 \x01(\x01\"\x7f\n\rFrameworkInfo\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05roles\x18\x03 \x03(\t\x12 \n\x18\x66\x61ilover_timeout_seconds\x18\x04 \x01(\x01\x12\x11\n\tprincipal\x18\x05 \x01(\t\x12\x10\n\x08hostname\x18\x06 \x01(\t\"N\n\nMasterInfo\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x12\n\nstart_time\x18\x04 \x01(\x01\"`\n\nLeaderInfo\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12\x11\n\tmaster_id\x18\x02 \x01(\t\x12\r\n\x05since\x18\x03 \x01(\x01\x12\x0c\n\x04term\x18\x04 \x01(\x03\x12\x11\n\tfailovers\x18\x05 \x01(\x04*\x8d\x02\n\tTaskState\x12\x1a\n\x16TASK_STATE_UNSPECIFIED\x10\x00\x12\x10\n\x0cTASK_STAGING\x10\x01\x12\x11\n\rTASK_STARTING\x10\x02\x12\x10\n\x0cTASK_RUNNING\x10\x03\x12\x10\n\x0cTASK_KILLING\x10\x04\x12\x11\n\rTASK_FINISHED\x10\x05\x12\x0f\n\x0bTASK_FAILED\x10\x06\x12\x0f\n\x0bTASK_KILLED\x10\x07\x12\x0e\n\nTASK_ERROR\x10\x08\x12\r\n\tTASK_LOST\x10\t\x12\x10\n\x0cTASK_DROPPED\x10\n\x12\x14\n\x10TASK_UNREACHABLE\x10\x0b\x12\r\n\tTASK_GONE\x10\x0c\x12\x10\n\x0cTASK_UNKNOWN\x10\r*K\n\x0cStatusSource\x12\x16\n\x12SOURCE_UNSPECIFIED\x10\x00\x12\x11\n\rSOURCE_MASTER\x10\x01\x12\x10\n\x0cSOURCE_AGENT\x10\x02*\xf1\x03\n\x0cStatusReason\x12\x16\n\x12REASON_UNSPECIFIED\x10\x00\x12\x19\n\x15REASON_COMMAND_EXITED\x10\x01\x12\x1e\n\x1aREASON_KILLED_BY_FRAMEWORK\x10\x02\x12\x18\n\x14REASON_AGENT_REMOVED\x10\x03\x12\x1c\n\x18REASON_AGENT_UNREACHABLE\x10\x04\x12\x1d\n\x19REASON_AGENT_REREGISTERED\x10\x05\x12\x19\n\x15REASON_RECONCILIATION\x10\x06\x12\x17\n\x13REASON_TASK_INVALID\x10\x07\x12\x18\n\x14REASON_LAUNCH_FAILED\x10\x08\x12\x1c\n\x18REASON_FRAMEWORK_REMOVED\x10\t\x12$\n REASON_CONTAINERIZER_UNSUPPORTED\x10\n\x12\x19\n\x15REASON_AGENT_SHUTDOWN\x10\x0b\x12&\n\"REASON_CONTAINER_LIMITATION_MEMORY\x10\x0c\x12\x19\n\x15REASON_TASK_UNHEALTHY\x10\r\x12+\n\'REASON_TASK_HEALTH_CHECK_STATUS_UPDATED\x10\x0e\x12\x1a\n\x16REASON_AGENT_RESTARTED\x10\x0f\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,12 +35,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_COMMANDINFO_ENVIRONMENTENTRY']._serialized_options = b'8\001'
   _globals['_TASKINFO_LABELSENTRY']._loaded_options = None
   _globals['_TASKINFO_LABELSENTRY']._serialized_options = b'8\001'
-  _globals['_TASKSTATE']._serialized_start=1342
-  _globals['_TASKSTATE']._serialized_end=1611
-  _globals['_STATUSSOURCE']._serialized_start=1613
-  _globals['_STATUSSOURCE']._serialized_end=1688
-  _globals['_STATUSREASON']._serialized_start=1691
-  _globals['_STATUSREASON']._serialized_end=2048
+  _globals['_TASKSTATE']._serialized_start=2064
+  _globals['_TASKSTATE']._serialized_end=2333
+  _globals['_STATUSSOURCE']._serialized_start=2335
+  _globals['_STATUSSOURCE']._serialized_end=2410
+  _globals['_STATUSREASON']._serialized_start=2413
+  _globals['_STATUSREASON']._serialized_end=2910
   _globals['_RANGE']._serialized_start=37
   _globals['_RANGE']._serialized_end=72
   _globals['_RESOURCE']._serialized_start=74
@@ -48,21 +48,31 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ATTRIBUTE']._serialized_start=150
   _globals['_ATTRIBUTE']._serialized_end=189
   _globals['_TASKSTATUS']._serialized_start=192
-  _globals['_TASKSTATUS']._serialized_end=468
-  _globals['_COMMANDINFO']._serialized_start=471
-  _globals['_COMMANDINFO']._serialized_end=647
-  _globals['_COMMANDINFO_ENVIRONMENTENTRY']._serialized_start=597
-  _globals['_COMMANDINFO_ENVIRONMENTENTRY']._serialized_end=647
-  _globals['_KILLPOLICY']._serialized_start=649
-  _globals['_KILLPOLICY']._serialized_end=691
-  _globals['_TASKINFO']._serialized_start=694
-  _globals['_TASKINFO']._serialized_end=997
-  _globals['_TASKINFO_LABELSENTRY']._serialized_start=952
-  _globals['_TASKINFO_LABELSENTRY']._serialized_end=997
-  _globals['_RESOURCEUSAGE']._serialized_start=1000
-  _globals['_RESOURCEUSAGE']._serialized_end=1130
-  _globals['_FRAMEWORKINFO']._serialized_start=1132
-  _globals['_FRAMEWORKINFO']._serialized_end=1259
-  _globals['_MASTERINFO']._serialized_start=1261
-  _globals['_MASTERINFO']._serialized_end=1339
+  _globals['_TASKSTATUS']._serialized_end=502
+  _globals['_COMMANDINFO']._serialized_start=505
+  _globals['_COMMANDINFO']._serialized_end=681
+  _globals['_COMMANDINFO_ENVIRONMENTENTRY']._serialized_start=631
+  _globals['_COMMANDINFO_ENVIRONMENTENTRY']._serialized_end=681
+  _globals['_KILLPOLICY']._serialized_start=683
+  _globals['_KILLPOLICY']._serialized_end=725
+  _globals['_HEALTHCHECK']._serialized_start=728
+  _globals['_HEALTHCHECK']._serialized_end=1049
+  _globals['_HEALTHCHECK_TYPE']._serialized_start=989
+  _globals['_HEALTHCHECK_TYPE']._serialized_end=1049
+  _globals['_PORTMAPPING']._serialized_start=1051
+  _globals['_PORTMAPPING']._serialized_end=1125
+  _globals['_CONTAINERINFO']._serialized_start=1127
+  _globals['_CONTAINERINFO']._serialized_end=1224
+  _globals['_TASKINFO']._serialized_start=1227
+  _globals['_TASKINFO']._serialized_end=1621
+  _globals['_TASKINFO_LABELSENTRY']._serialized_start=1576
+  _globals['_TASKINFO_LABELSENTRY']._serialized_end=1621
+  _globals['_RESOURCEUSAGE']._serialized_start=1624
+  _globals['_RESOURCEUSAGE']._serialized_end=1754
+  _globals['_FRAMEWORKINFO']._serialized_start=1756
+  _globals['_FRAMEWORKINFO']._serialized_end=1883
+  _globals['_MASTERINFO']._serialized_start=1885
+  _globals['_MASTERINFO']._serialized_end=1963
+  _globals['_LEADERINFO']._serialized_start=1965
+  _globals['_LEADERINFO']._serialized_end=2061
 # @@protoc_insertion_point(module_scope)

@@ -96,6 +96,14 @@ class _StatusReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_StatusRe
     REASON_FRAMEWORK_REMOVED: _StatusReason.ValueType  # 9
     REASON_CONTAINERIZER_UNSUPPORTED: _StatusReason.ValueType  # 10
     REASON_AGENT_SHUTDOWN: _StatusReason.ValueType  # 11
+    REASON_CONTAINER_LIMITATION_MEMORY: _StatusReason.ValueType  # 12
+    """The task went over its memory limit and was killed (OOM)."""
+    REASON_TASK_UNHEALTHY: _StatusReason.ValueType  # 13
+    """The task failed its health check too often and was killed."""
+    REASON_TASK_HEALTH_CHECK_STATUS_UPDATED: _StatusReason.ValueType  # 14
+    """A health check result changed (healthy true/false), the task still runs."""
+    REASON_AGENT_RESTARTED: _StatusReason.ValueType  # 15
+    """The task ended while its agent was down; reported after the agent restarted."""
 
 class StatusReason(_StatusReason, metaclass=_StatusReasonEnumTypeWrapper):
     """Why a status update was sent, where a reason is known."""
@@ -112,6 +120,14 @@ REASON_LAUNCH_FAILED: StatusReason.ValueType  # 8
 REASON_FRAMEWORK_REMOVED: StatusReason.ValueType  # 9
 REASON_CONTAINERIZER_UNSUPPORTED: StatusReason.ValueType  # 10
 REASON_AGENT_SHUTDOWN: StatusReason.ValueType  # 11
+REASON_CONTAINER_LIMITATION_MEMORY: StatusReason.ValueType  # 12
+"""The task went over its memory limit and was killed (OOM)."""
+REASON_TASK_UNHEALTHY: StatusReason.ValueType  # 13
+"""The task failed its health check too often and was killed."""
+REASON_TASK_HEALTH_CHECK_STATUS_UPDATED: StatusReason.ValueType  # 14
+"""A health check result changed (healthy true/false), the task still runs."""
+REASON_AGENT_RESTARTED: StatusReason.ValueType  # 15
+"""The task ended while its agent was down; reported after the agent restarted."""
 Global___StatusReason: _TypeAlias = StatusReason  # noqa: Y015
 
 @_typing.final
@@ -207,6 +223,7 @@ class TaskStatus(_message.Message):
     UUID_FIELD_NUMBER: _builtins.int
     TIMESTAMP_FIELD_NUMBER: _builtins.int
     EXIT_CODE_FIELD_NUMBER: _builtins.int
+    HEALTHY_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     framework_id: _builtins.str
     agent_id: _builtins.str
@@ -223,6 +240,8 @@ class TaskStatus(_message.Message):
     """Seconds since the Unix epoch when the update was generated."""
     exit_code: _builtins.int
     """The exit code of the task's command, when it exited on its own."""
+    healthy: _builtins.bool
+    """The latest health check result, for tasks that have a health check."""
     def __init__(
         self,
         *,
@@ -236,14 +255,20 @@ class TaskStatus(_message.Message):
         uuid: _builtins.bytes = ...,
         timestamp: _builtins.float = ...,
         exit_code: _builtins.int | None = ...,
+        healthy: _builtins.bool | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "exit_code", b"exit_code"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "_healthy", b"_healthy", "exit_code", b"exit_code", "healthy", b"healthy"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "agent_id", b"agent_id", "exit_code", b"exit_code", "framework_id", b"framework_id", "message", b"message", "reason", b"reason", "source", b"source", "state", b"state", "task_id", b"task_id", "timestamp", b"timestamp", "uuid", b"uuid"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "_healthy", b"_healthy", "agent_id", b"agent_id", "exit_code", b"exit_code", "framework_id", b"framework_id", "healthy", b"healthy", "message", b"message", "reason", b"reason", "source", b"source", "state", b"state", "task_id", b"task_id", "timestamp", b"timestamp", "uuid", b"uuid"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__exit_code: _TypeAlias = _typing.Literal["exit_code"]  # noqa: Y015
     _WhichOneofArgType__exit_code: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code"]  # noqa: Y015
+    _WhichOneofReturnType__healthy: _TypeAlias = _typing.Literal["healthy"]  # noqa: Y015
+    _WhichOneofArgType__healthy: _TypeAlias = _typing.Literal["_healthy", b"_healthy"]  # noqa: Y015
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__exit_code) -> _WhichOneofReturnType__exit_code | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__healthy) -> _WhichOneofReturnType__healthy | None: ...
 
 Global___TaskStatus: _TypeAlias = TaskStatus  # noqa: Y015
 
@@ -323,6 +348,134 @@ class KillPolicy(_message.Message):
 Global___KillPolicy: _TypeAlias = KillPolicy  # noqa: Y015
 
 @_typing.final
+class HealthCheck(_message.Message):
+    """A check the agent runs against a task, after Mesos' HealthCheck."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    class _Type:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _TypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[HealthCheck._Type.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        TYPE_UNSPECIFIED: HealthCheck._Type.ValueType  # 0
+        COMMAND: HealthCheck._Type.ValueType  # 1
+        TCP: HealthCheck._Type.ValueType  # 2
+        HTTP: HealthCheck._Type.ValueType  # 3
+
+    class Type(_Type, metaclass=_TypeEnumTypeWrapper): ...
+    TYPE_UNSPECIFIED: HealthCheck.Type.ValueType  # 0
+    COMMAND: HealthCheck.Type.ValueType  # 1
+    TCP: HealthCheck.Type.ValueType  # 2
+    HTTP: HealthCheck.Type.ValueType  # 3
+
+    TYPE_FIELD_NUMBER: _builtins.int
+    COMMAND_FIELD_NUMBER: _builtins.int
+    PORT_FIELD_NUMBER: _builtins.int
+    PATH_FIELD_NUMBER: _builtins.int
+    DELAY_SECONDS_FIELD_NUMBER: _builtins.int
+    INTERVAL_SECONDS_FIELD_NUMBER: _builtins.int
+    TIMEOUT_SECONDS_FIELD_NUMBER: _builtins.int
+    CONSECUTIVE_FAILURES_FIELD_NUMBER: _builtins.int
+    GRACE_PERIOD_SECONDS_FIELD_NUMBER: _builtins.int
+    type: Global___HealthCheck.Type.ValueType
+    port: _builtins.int
+    """TCP and HTTP: the port on 127.0.0.1 (for docker tasks: the host port)."""
+    path: _builtins.str
+    """HTTP: the path to GET; a status of 200-399 is healthy."""
+    delay_seconds: _builtins.float
+    """Zero means the Mesos defaults: delay 15 s, interval 10 s, timeout 20 s,
+    3 consecutive failures, grace period 10 s.
+    """
+    interval_seconds: _builtins.float
+    timeout_seconds: _builtins.float
+    consecutive_failures: _builtins.int
+    grace_period_seconds: _builtins.float
+    @_builtins.property
+    def command(self) -> Global___CommandInfo:
+        """COMMAND: run in the task's sandbox and environment; exit 0 is healthy."""
+
+    def __init__(
+        self,
+        *,
+        type: Global___HealthCheck.Type.ValueType = ...,
+        command: Global___CommandInfo | None = ...,
+        port: _builtins.int = ...,
+        path: _builtins.str = ...,
+        delay_seconds: _builtins.float = ...,
+        interval_seconds: _builtins.float = ...,
+        timeout_seconds: _builtins.float = ...,
+        consecutive_failures: _builtins.int = ...,
+        grace_period_seconds: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["command", b"command"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["command", b"command", "consecutive_failures", b"consecutive_failures", "delay_seconds", b"delay_seconds", "grace_period_seconds", b"grace_period_seconds", "interval_seconds", b"interval_seconds", "path", b"path", "port", b"port", "timeout_seconds", b"timeout_seconds", "type", b"type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HealthCheck: _TypeAlias = HealthCheck  # noqa: Y015
+
+@_typing.final
+class PortMapping(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTAINER_PORT_FIELD_NUMBER: _builtins.int
+    HOST_PORT_FIELD_NUMBER: _builtins.int
+    PROTOCOL_FIELD_NUMBER: _builtins.int
+    container_port: _builtins.int
+    """The port inside the container; the host port must be one of the task's
+    `ports` resources.
+    """
+    host_port: _builtins.int
+    protocol: _builtins.str
+    """"tcp" (default) or "udp"."""
+    def __init__(
+        self,
+        *,
+        container_port: _builtins.int = ...,
+        host_port: _builtins.int = ...,
+        protocol: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["container_port", b"container_port", "host_port", b"host_port", "protocol", b"protocol"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PortMapping: _TypeAlias = PortMapping  # noqa: Y015
+
+@_typing.final
+class ContainerInfo(_message.Message):
+    """How to run a task in a container (with containerizer "docker")."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IMAGE_FIELD_NUMBER: _builtins.int
+    PORT_MAPPINGS_FIELD_NUMBER: _builtins.int
+    FORCE_PULL_FIELD_NUMBER: _builtins.int
+    image: _builtins.str
+    force_pull: _builtins.bool
+    """Pull the image even when it is present locally."""
+    @_builtins.property
+    def port_mappings(self) -> _containers.RepeatedCompositeFieldContainer[Global___PortMapping]: ...
+    def __init__(
+        self,
+        *,
+        image: _builtins.str = ...,
+        port_mappings: _abc.Iterable[Global___PortMapping] | None = ...,
+        force_pull: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["force_pull", b"force_pull", "image", b"image", "port_mappings", b"port_mappings"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ContainerInfo: _TypeAlias = ContainerInfo  # noqa: Y015
+
+@_typing.final
 class TaskInfo(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -354,6 +507,8 @@ class TaskInfo(_message.Message):
     KILL_POLICY_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
     CONTAINERIZER_FIELD_NUMBER: _builtins.int
+    HEALTH_CHECK_FIELD_NUMBER: _builtins.int
+    CONTAINER_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     name: _builtins.str
     agent_id: _builtins.str
@@ -368,6 +523,14 @@ class TaskInfo(_message.Message):
     def kill_policy(self) -> Global___KillPolicy: ...
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    @_builtins.property
+    def health_check(self) -> Global___HealthCheck: ...
+    @_builtins.property
+    def container(self) -> Global___ContainerInfo:
+        """Required with containerizer "docker". Its command is `command` when set
+        (shell or argv as for processes), else the image's own.
+        """
+
     def __init__(
         self,
         *,
@@ -379,10 +542,12 @@ class TaskInfo(_message.Message):
         kill_policy: Global___KillPolicy | None = ...,
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         containerizer: _builtins.str = ...,
+        health_check: Global___HealthCheck | None = ...,
+        container: Global___ContainerInfo | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["command", b"command", "kill_policy", b"kill_policy"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["command", b"command", "container", b"container", "health_check", b"health_check", "kill_policy", b"kill_policy"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "command", b"command", "containerizer", b"containerizer", "kill_policy", b"kill_policy", "labels", b"labels", "name", b"name", "resources", b"resources", "task_id", b"task_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "command", b"command", "container", b"container", "containerizer", b"containerizer", "health_check", b"health_check", "kill_policy", b"kill_policy", "labels", b"labels", "name", b"name", "resources", b"resources", "task_id", b"task_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -489,3 +654,42 @@ class MasterInfo(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___MasterInfo: _TypeAlias = MasterInfo  # noqa: Y015
+
+@_typing.final
+class LeaderInfo(_message.Message):
+    """Who leads, as a master sees it (operator-visible, issue: high availability)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ADDRESS_FIELD_NUMBER: _builtins.int
+    MASTER_ID_FIELD_NUMBER: _builtins.int
+    SINCE_FIELD_NUMBER: _builtins.int
+    TERM_FIELD_NUMBER: _builtins.int
+    FAILOVERS_FIELD_NUMBER: _builtins.int
+    address: _builtins.str
+    """The leader's advertised address; empty when nobody leads."""
+    master_id: _builtins.str
+    since: _builtins.float
+    """Seconds since the epoch when the current leader was elected."""
+    term: _builtins.int
+    """A number that grows with every election (the etcd revision of the
+    election key; 0 for a standalone master).
+    """
+    failovers: _builtins.int
+    """Leader changes this master has seen since it started."""
+    def __init__(
+        self,
+        *,
+        address: _builtins.str = ...,
+        master_id: _builtins.str = ...,
+        since: _builtins.float = ...,
+        term: _builtins.int = ...,
+        failovers: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "failovers", b"failovers", "master_id", b"master_id", "since", b"since", "term", b"term"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LeaderInfo: _TypeAlias = LeaderInfo  # noqa: Y015

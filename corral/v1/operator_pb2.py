@@ -26,25 +26,29 @@ from corral.v1 import common_pb2 as corral_dot_v1_dot_common__pb2
 from corral.v1 import scheduler_pb2 as corral_dot_v1_dot_scheduler__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x63orral/v1/operator.proto\x12\tcorral.v1\x1a\x16\x63orral/v1/common.proto\x1a\x19\x63orral/v1/scheduler.proto\"\x11\n\x0fGetStateRequest\"\xf4\x01\n\nAgentState\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08hostname\x18\x02 \x01(\t\x12\x0e\n\x06status\x18\x03 \x01(\t\x12\"\n\x05total\x18\x04 \x03(\x0b\x32\x13.corral.v1.Resource\x12&\n\tallocated\x18\x05 \x03(\x0b\x32\x13.corral.v1.Resource\x12(\n\nattributes\x18\x06 \x03(\x0b\x32\x14.corral.v1.Attribute\x12\x16\n\x0e\x63ontainerizers\x18\x07 \x03(\t\x12\x17\n\x0fregistered_time\x18\x08 \x01(\x01\x12\x11\n\tlast_seen\x18\t \x01(\x01\"\xaf\x01\n\x0e\x46rameworkState\x12&\n\x04info\x18\x01 \x01(\x0b\x32\x18.corral.v1.FrameworkInfo\x12\x0e\n\x06status\x18\x02 \x01(\t\x12&\n\tallocated\x18\x03 \x03(\x0b\x32\x13.corral.v1.Resource\x12$\n\x07offered\x18\x04 \x03(\x0b\x32\x13.corral.v1.Resource\x12\x17\n\x0fregistered_time\x18\x05 \x01(\x01\"\xd0\x01\n\tTaskEntry\x12\x14\n\x0c\x66ramework_id\x18\x01 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x02 \x01(\t\x12!\n\x04task\x18\x03 \x01(\x0b\x32\x13.corral.v1.TaskInfo\x12#\n\x05state\x18\x04 \x01(\x0e\x32\x14.corral.v1.TaskState\x12*\n\x0blast_status\x18\x05 \x01(\x0b\x32\x15.corral.v1.TaskStatus\x12\'\n\x05usage\x18\x06 \x01(\x0b\x32\x18.corral.v1.ResourceUsage\"e\n\tRoleState\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06weight\x18\x02 \x01(\x01\x12&\n\tallocated\x18\x03 \x03(\x0b\x32\x13.corral.v1.Resource\x12\x12\n\nframeworks\x18\x04 \x03(\t\"\x81\x02\n\x05State\x12%\n\x06master\x18\x01 \x01(\x0b\x32\x15.corral.v1.MasterInfo\x12\x0f\n\x07leading\x18\x02 \x01(\x08\x12%\n\x06\x61gents\x18\x03 \x03(\x0b\x32\x15.corral.v1.AgentState\x12-\n\nframeworks\x18\x04 \x03(\x0b\x32\x19.corral.v1.FrameworkState\x12#\n\x05tasks\x18\x05 \x03(\x0b\x32\x14.corral.v1.TaskEntry\x12 \n\x06offers\x18\x06 \x03(\x0b\x32\x10.corral.v1.Offer\x12#\n\x05roles\x18\x07 \x03(\x0b\x32\x14.corral.v1.RoleState2K\n\x0fOperatorService\x12\x38\n\x08GetState\x12\x1a.corral.v1.GetStateRequest\x1a\x10.corral.v1.Stateb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x63orral/v1/operator.proto\x12\tcorral.v1\x1a\x16\x63orral/v1/common.proto\x1a\x19\x63orral/v1/scheduler.proto\"i\n\x12ReadTaskLogRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x14\n\x0c\x66ramework_id\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x0e\n\x06offset\x18\x04 \x01(\x03\x12\x0e\n\x06\x66ollow\x18\x05 \x01(\x08\",\n\x0cTaskLogChunk\x12\x0e\n\x06offset\x18\x01 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"\x11\n\x0fGetStateRequest\"\xf4\x01\n\nAgentState\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08hostname\x18\x02 \x01(\t\x12\x0e\n\x06status\x18\x03 \x01(\t\x12\"\n\x05total\x18\x04 \x03(\x0b\x32\x13.corral.v1.Resource\x12&\n\tallocated\x18\x05 \x03(\x0b\x32\x13.corral.v1.Resource\x12(\n\nattributes\x18\x06 \x03(\x0b\x32\x14.corral.v1.Attribute\x12\x16\n\x0e\x63ontainerizers\x18\x07 \x03(\t\x12\x17\n\x0fregistered_time\x18\x08 \x01(\x01\x12\x11\n\tlast_seen\x18\t \x01(\x01\"\xaf\x01\n\x0e\x46rameworkState\x12&\n\x04info\x18\x01 \x01(\x0b\x32\x18.corral.v1.FrameworkInfo\x12\x0e\n\x06status\x18\x02 \x01(\t\x12&\n\tallocated\x18\x03 \x03(\x0b\x32\x13.corral.v1.Resource\x12$\n\x07offered\x18\x04 \x03(\x0b\x32\x13.corral.v1.Resource\x12\x17\n\x0fregistered_time\x18\x05 \x01(\x01\"\xd0\x01\n\tTaskEntry\x12\x14\n\x0c\x66ramework_id\x18\x01 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x02 \x01(\t\x12!\n\x04task\x18\x03 \x01(\x0b\x32\x13.corral.v1.TaskInfo\x12#\n\x05state\x18\x04 \x01(\x0e\x32\x14.corral.v1.TaskState\x12*\n\x0blast_status\x18\x05 \x01(\x0b\x32\x15.corral.v1.TaskStatus\x12\'\n\x05usage\x18\x06 \x01(\x0b\x32\x18.corral.v1.ResourceUsage\"e\n\tRoleState\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06weight\x18\x02 \x01(\x01\x12&\n\tallocated\x18\x03 \x03(\x0b\x32\x13.corral.v1.Resource\x12\x12\n\nframeworks\x18\x04 \x03(\t\"\xa8\x02\n\x05State\x12%\n\x06master\x18\x01 \x01(\x0b\x32\x15.corral.v1.MasterInfo\x12\x0f\n\x07leading\x18\x02 \x01(\x08\x12%\n\x06\x61gents\x18\x03 \x03(\x0b\x32\x15.corral.v1.AgentState\x12-\n\nframeworks\x18\x04 \x03(\x0b\x32\x19.corral.v1.FrameworkState\x12#\n\x05tasks\x18\x05 \x03(\x0b\x32\x14.corral.v1.TaskEntry\x12 \n\x06offers\x18\x06 \x03(\x0b\x32\x10.corral.v1.Offer\x12#\n\x05roles\x18\x07 \x03(\x0b\x32\x14.corral.v1.RoleState\x12%\n\x06leader\x18\x08 \x01(\x0b\x32\x15.corral.v1.LeaderInfo2\x94\x01\n\x0fOperatorService\x12\x38\n\x08GetState\x12\x1a.corral.v1.GetStateRequest\x1a\x10.corral.v1.State\x12G\n\x0bReadTaskLog\x12\x1d.corral.v1.ReadTaskLogRequest\x1a\x17.corral.v1.TaskLogChunk0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'corral.v1.operator_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_GETSTATEREQUEST']._serialized_start=90
-  _globals['_GETSTATEREQUEST']._serialized_end=107
-  _globals['_AGENTSTATE']._serialized_start=110
-  _globals['_AGENTSTATE']._serialized_end=354
-  _globals['_FRAMEWORKSTATE']._serialized_start=357
-  _globals['_FRAMEWORKSTATE']._serialized_end=532
-  _globals['_TASKENTRY']._serialized_start=535
-  _globals['_TASKENTRY']._serialized_end=743
-  _globals['_ROLESTATE']._serialized_start=745
-  _globals['_ROLESTATE']._serialized_end=846
-  _globals['_STATE']._serialized_start=849
-  _globals['_STATE']._serialized_end=1106
-  _globals['_OPERATORSERVICE']._serialized_start=1108
-  _globals['_OPERATORSERVICE']._serialized_end=1183
+  _globals['_READTASKLOGREQUEST']._serialized_start=90
+  _globals['_READTASKLOGREQUEST']._serialized_end=195
+  _globals['_TASKLOGCHUNK']._serialized_start=197
+  _globals['_TASKLOGCHUNK']._serialized_end=241
+  _globals['_GETSTATEREQUEST']._serialized_start=243
+  _globals['_GETSTATEREQUEST']._serialized_end=260
+  _globals['_AGENTSTATE']._serialized_start=263
+  _globals['_AGENTSTATE']._serialized_end=507
+  _globals['_FRAMEWORKSTATE']._serialized_start=510
+  _globals['_FRAMEWORKSTATE']._serialized_end=685
+  _globals['_TASKENTRY']._serialized_start=688
+  _globals['_TASKENTRY']._serialized_end=896
+  _globals['_ROLESTATE']._serialized_start=898
+  _globals['_ROLESTATE']._serialized_end=999
+  _globals['_STATE']._serialized_start=1002
+  _globals['_STATE']._serialized_end=1298
+  _globals['_OPERATORSERVICE']._serialized_start=1301
+  _globals['_OPERATORSERVICE']._serialized_end=1449
 # @@protoc_insertion_point(module_scope)

@@ -21,6 +21,62 @@ else:
 DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
+class ReadTaskLogRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TASK_ID_FIELD_NUMBER: _builtins.int
+    FRAMEWORK_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    OFFSET_FIELD_NUMBER: _builtins.int
+    FOLLOW_FIELD_NUMBER: _builtins.int
+    task_id: _builtins.str
+    framework_id: _builtins.str
+    """Optional when the task id is unique across frameworks."""
+    name: _builtins.str
+    """"stdout" (default) or "stderr"."""
+    offset: _builtins.int
+    """Where to start; negative counts from the end (e.g. -4096: the last 4 KiB)."""
+    follow: _builtins.bool
+    def __init__(
+        self,
+        *,
+        task_id: _builtins.str = ...,
+        framework_id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        offset: _builtins.int = ...,
+        follow: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["follow", b"follow", "framework_id", b"framework_id", "name", b"name", "offset", b"offset", "task_id", b"task_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReadTaskLogRequest: _TypeAlias = ReadTaskLogRequest  # noqa: Y015
+
+@_typing.final
+class TaskLogChunk(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OFFSET_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    offset: _builtins.int
+    data: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        offset: _builtins.int = ...,
+        data: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "offset", b"offset"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TaskLogChunk: _TypeAlias = TaskLogChunk  # noqa: Y015
+
+@_typing.final
 class GetStateRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -196,6 +252,7 @@ class State(_message.Message):
     TASKS_FIELD_NUMBER: _builtins.int
     OFFERS_FIELD_NUMBER: _builtins.int
     ROLES_FIELD_NUMBER: _builtins.int
+    LEADER_FIELD_NUMBER: _builtins.int
     leading: _builtins.bool
     @_builtins.property
     def master(self) -> _common_pb2.MasterInfo: ...
@@ -209,6 +266,8 @@ class State(_message.Message):
     def offers(self) -> _containers.RepeatedCompositeFieldContainer[_scheduler_pb2.Offer]: ...
     @_builtins.property
     def roles(self) -> _containers.RepeatedCompositeFieldContainer[Global___RoleState]: ...
+    @_builtins.property
+    def leader(self) -> _common_pb2.LeaderInfo: ...
     def __init__(
         self,
         *,
@@ -219,10 +278,11 @@ class State(_message.Message):
         tasks: _abc.Iterable[Global___TaskEntry] | None = ...,
         offers: _abc.Iterable[_scheduler_pb2.Offer] | None = ...,
         roles: _abc.Iterable[Global___RoleState] | None = ...,
+        leader: _common_pb2.LeaderInfo | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["master", b"master"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["leader", b"leader", "master", b"master"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agents", b"agents", "frameworks", b"frameworks", "leading", b"leading", "master", b"master", "offers", b"offers", "roles", b"roles", "tasks", b"tasks"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agents", b"agents", "frameworks", b"frameworks", "leader", b"leader", "leading", b"leading", "master", b"master", "offers", b"offers", "roles", b"roles", "tasks", b"tasks"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -39,6 +39,11 @@ class OperatorServiceStub:
                 request_serializer=corral_dot_v1_dot_operator__pb2.GetStateRequest.SerializeToString,
                 response_deserializer=corral_dot_v1_dot_operator__pb2.State.FromString,
                 _registered_method=True)
+        self.ReadTaskLog = channel.unary_stream(
+                '/corral.v1.OperatorService/ReadTaskLog',
+                request_serializer=corral_dot_v1_dot_operator__pb2.ReadTaskLogRequest.SerializeToString,
+                response_deserializer=corral_dot_v1_dot_operator__pb2.TaskLogChunk.FromString,
+                _registered_method=True)
 
 
 class OperatorServiceServicer:
@@ -50,6 +55,15 @@ class OperatorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReadTaskLog(self, request, context):
+        """A task's stdout or stderr, read through the master from its agent.
+        With `follow` the stream stays open and carries what the task writes
+        until it ends (or the client goes away).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OperatorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -57,6 +71,11 @@ def add_OperatorServiceServicer_to_server(servicer, server):
                     servicer.GetState,
                     request_deserializer=corral_dot_v1_dot_operator__pb2.GetStateRequest.FromString,
                     response_serializer=corral_dot_v1_dot_operator__pb2.State.SerializeToString,
+            ),
+            'ReadTaskLog': grpc.unary_stream_rpc_method_handler(
+                    servicer.ReadTaskLog,
+                    request_deserializer=corral_dot_v1_dot_operator__pb2.ReadTaskLogRequest.FromString,
+                    response_serializer=corral_dot_v1_dot_operator__pb2.TaskLogChunk.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -86,6 +105,33 @@ class OperatorService:
             '/corral.v1.OperatorService/GetState',
             corral_dot_v1_dot_operator__pb2.GetStateRequest.SerializeToString,
             corral_dot_v1_dot_operator__pb2.State.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReadTaskLog(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/corral.v1.OperatorService/ReadTaskLog',
+            corral_dot_v1_dot_operator__pb2.ReadTaskLogRequest.SerializeToString,
+            corral_dot_v1_dot_operator__pb2.TaskLogChunk.FromString,
             options,
             channel_credentials,
             insecure,

@@ -32,11 +32,21 @@ class OperatorServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> OperatorServiceAsyncStub: ...
     GetState: _grpc.UnaryUnaryMultiCallable[_operator_pb2.GetStateRequest, _operator_pb2.State]
+    ReadTaskLog: _grpc.UnaryStreamMultiCallable[_operator_pb2.ReadTaskLogRequest, _operator_pb2.TaskLogChunk]
+    """A task's stdout or stderr, read through the master from its agent.
+    With `follow` the stream stays open and carries what the task writes
+    until it ends (or the client goes away).
+    """
 
 @_typing.type_check_only
 class OperatorServiceAsyncStub(OperatorServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     GetState: _aio.UnaryUnaryMultiCallable[_operator_pb2.GetStateRequest, _operator_pb2.State]  # type: ignore[assignment]
+    ReadTaskLog: _aio.UnaryStreamMultiCallable[_operator_pb2.ReadTaskLogRequest, _operator_pb2.TaskLogChunk]  # type: ignore[assignment]
+    """A task's stdout or stderr, read through the master from its agent.
+    With `follow` the stream stays open and carries what the task writes
+    until it ends (or the client goes away).
+    """
 
 class OperatorServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -45,5 +55,16 @@ class OperatorServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _operator_pb2.GetStateRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_operator_pb2.State, _abc.Awaitable[_operator_pb2.State]]: ...
+
+    @_abc_1.abstractmethod
+    def ReadTaskLog(
+        self,
+        request: _operator_pb2.ReadTaskLogRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_operator_pb2.TaskLogChunk], _abc.AsyncIterator[_operator_pb2.TaskLogChunk]]:
+        """A task's stdout or stderr, read through the master from its agent.
+        With `follow` the stream stays open and carries what the task writes
+        until it ends (or the client goes away).
+        """
 
 def add_OperatorServiceServicer_to_server(servicer: OperatorServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
