@@ -1,0 +1,1 @@
+"""One module per benchmark; `scripts/bench NAME` runs `scripts.benchmarks.NAME`."""
