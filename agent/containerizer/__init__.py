@@ -12,6 +12,13 @@ containerizers have it:
   implementation's equivalent); the task's future then resolves to `TASK_KILLED`.
 - `usage` samples what every running task uses.
 - `close` stops watching without killing anything: tasks outlive the agent.
+- `handle` says what to checkpoint about a launched task so that a restarted agent
+  can find it again (a pid and its start time, a container id); the agent writes it
+  to its work dir beside the task.
+- `recover`, after an agent restart, re-adopts the checkpointed tasks that still run
+  (watching them again as if just launched) and says how the others ended. The
+  default re-adopts nothing: every task is reported TASK_LOST with
+  REASON_AGENT_RESTARTED, so a containerizer without recovery is still correct.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import importlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Final
@@ -83,6 +90,25 @@ class LaunchSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class RecoverSpec:
+    """A task the agent checkpointed before it restarted, to be re-adopted.
+
+    `handle` is what the containerizer's `handle` returned at launch, read back from
+    the checkpoint; it is empty when the agent died before checkpointing it (the
+    containerizer may still find the task by other means, e.g. Docker labels).
+    """
+
+    framework_id: str
+    agent_id: str
+    task: common_pb2.TaskInfo
+    handle: Mapping[str, str]
+
+    @property
+    def key(self) -> TaskKey:
+        return (self.framework_id, self.task.task_id)
+
+
+@dataclass(frozen=True, slots=True)
 class ContainerizerOptions:
     """What every containerizer is built from.
 
@@ -122,6 +148,42 @@ class Containerizer(abc.ABC):
     @abc.abstractmethod
     async def close(self) -> None:
         """Stop watching tasks, leaving them running (the agent is shutting down)."""
+
+    def handle(self, key: TaskKey) -> Mapping[str, str]:
+        """What to checkpoint about a running task so that `recover` can find it again.
+
+        Called by the agent right after a successful `launch`; the values must be
+        plain strings (they are written as JSON). The default records nothing.
+        """
+        return {}
+
+    async def recover(self, tasks: Sequence[RecoverSpec]) -> dict[TaskKey, asyncio.Future[TaskExit]]:
+        """Re-adopt checkpointed tasks after an agent restart; call once, before any launch.
+
+        Returns a future per task, as `launch` does: pending for a task that still
+        runs (it is watched again and resolves when it ends, or when `kill` stops
+        it); already done for a task that ended while the agent was down, with the
+        best account of how it ended the containerizer has (its exit status when
+        recorded, else TASK_FAILED or TASK_LOST with REASON_AGENT_RESTARTED). A task
+        left out of the result is reported TASK_LOST by the agent. Implementations
+        may also stop what they find that nobody checkpointed (orphans).
+
+        The default re-adopts nothing: for a containerizer that cannot find its tasks
+        again, losing them is the honest answer.
+        """
+        loop = asyncio.get_running_loop()
+        results: dict[TaskKey, asyncio.Future[TaskExit]] = {}
+        for spec in tasks:
+            future: asyncio.Future[TaskExit] = loop.create_future()
+            future.set_result(
+                TaskExit(
+                    common_pb2.TASK_LOST,
+                    common_pb2.REASON_AGENT_RESTARTED,
+                    f"the agent restarted and the {self.name} containerizer cannot re-adopt tasks",
+                )
+            )
+            results[spec.key] = future
+        return results
 
 
 class UnknownContainerizer(ValueError):
