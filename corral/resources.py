@@ -125,6 +125,8 @@ class Resources:
                 if item.ranges:
                     raise ResourceError(f"{name}: is a scalar resource and takes no ranges")
                 scalars[name] = scalars.get(name, 0) + _to_milli(name, item.scalar)
+                if scalars[name] > MAX_SCALAR * _MILLI:
+                    raise ResourceError(f"{name}: amounts add up to more than the limit of {MAX_SCALAR:g}")
             elif name in RANGE_NAMES:
                 if item.scalar:
                     raise ResourceError(f"{name}: is a range resource and takes no scalar amount")
@@ -140,6 +142,8 @@ class Resources:
         """Parse the Mesos flag syntax: `cpus:4;mem:2048;ports:[31000-32000,8080-8080]`."""
         scalars: dict[str, int] = {}
         ranges: dict[str, tuple[Interval, ...]] = {}
+        if text.strip() == "{}":  # how `str` writes nothing
+            return cls()
         for part in filter(None, (p.strip() for p in text.split(";"))):
             name, sep, value = part.partition(":")
             name, value = name.strip(), value.strip()
@@ -250,13 +254,19 @@ class Resources:
         return f"Resources({self})"
 
     def __str__(self) -> str:
-        parts = [f"{n}:{v / _MILLI:g}" for n, v in sorted(self._scalars.items())]
+        parts = [f"{n}:{_format_milli(v)}" for n, v in sorted(self._scalars.items())]
         for name, intervals in sorted(self._ranges.items()):
             parts.append(f"{name}:[" + ",".join(f"{b}-{e}" for b, e in intervals) + "]")
         return ";".join(parts) or "{}"
 
 
 EMPTY: Final = Resources()
+
+
+def _format_milli(amount: int) -> str:
+    """Exact decimal text for thousandths (`%g` would round 1048576 to 1.04858e+06)."""
+    whole, frac = divmod(amount, _MILLI)
+    return f"{whole}.{frac:03d}".rstrip("0") if frac else str(whole)
 
 
 def _unknown(name: str) -> str:
@@ -271,6 +281,8 @@ def _check_name(name: str, *, scalar: bool) -> None:
 def _check_intervals(name: str, intervals: Iterable[Interval]) -> tuple[Interval, ...]:
     out = []
     for begin, end in intervals:
+        if begin < 0:
+            raise ResourceError(f"{name}: range {begin}-{end} starts below 0")
         if begin > end:
             raise ResourceError(f"{name}: range {begin}-{end} is empty (begin > end)")
         if end > MAX_PORT:
