@@ -152,3 +152,11 @@ class OperatorService(operator_pb2_grpc.OperatorServiceServicer):
         context: grpc.aio.ServicerContext[operator_pb2.GetStateRequest, operator_pb2.State],
     ) -> operator_pb2.State:
         return self.master.state()
+
+    async def ReadTaskLog(
+        self,
+        request: operator_pb2.ReadTaskLogRequest,
+        context: grpc.aio.ServicerContext[operator_pb2.ReadTaskLogRequest, operator_pb2.TaskLogChunk],
+    ) -> AsyncIterator[operator_pb2.TaskLogChunk]:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "reading task logs through the master is not built yet")
+        yield operator_pb2.TaskLogChunk()  # unreachable: makes this an async generator
