@@ -89,7 +89,8 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         rows.append(row)
         print(
             f"{agents:>6} agents x {frameworks:>5} frameworks: full {row['full_pass_ms']:8.1f} ms "
-            f"({row['full_pass_us_per_agent']:.1f} us/agent), incremental {row['incremental_pass_ms_p50']:.4f} ms, "
+            f"({row['full_pass_us_per_agent']:.1f} us/agent), "
+            f"incremental {row['incremental_pass_ms_p50']:.4f} ms, "
             f"after decline-all {row['after_decline_all_ms']:.1f} ms, empty {row['empty_pass_ms']:.4f} ms",
             flush=True,
         )
