@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import corral
+from agent import files
 from agent.config import AgentConfig
 from agent.containerizer import (
     DEFAULT_CONTAINERIZER,
@@ -35,6 +36,7 @@ from agent.containerizer import (
     TaskKey,
     create,
 )
+from agent.health import HealthChecker, check_environment
 from agent.resources import host_resources, parse_attributes
 from agent.session import AgentRefused, Session
 from agent.status_updates import StatusUpdateManager
@@ -63,6 +65,10 @@ class _Task:
     pending_kill: float | None = None
     #: Its framework was shut down: kill it and report nothing more about it.
     framework_removed: bool = False
+    #: The running health check, if the task has one (see agent.health).
+    health_check: asyncio.Task[None] | None = None
+    #: It failed its health check too often and is being killed for it.
+    killed_unhealthy: bool = False
 
     @property
     def key(self) -> TaskKey:
@@ -88,6 +94,7 @@ class Agent:
         self.resources = host_resources(work_dir, config.resources)
         self.attributes = parse_attributes(config.attributes)
         options = ContainerizerOptions(work_dir=work_dir, environment=dict(environment))
+        self._task_environment = options.environment
         self._containerizers = {name: create(name, options) for name in config.containerizer_names}
         self._tasks: dict[TaskKey, _Task] = {}
         self._updates = StatusUpdateManager(self._send_updates, on_forget=self._forget)
@@ -189,6 +196,8 @@ class Agent:
                 self._updates.acknowledge(ack.framework_id, ack.task_id, ack.uuid)
         elif kind == "shutdown_framework":
             self._shutdown_framework(message.shutdown_framework.framework_id)
+        elif kind == "read_file":
+            self._in_background(self._read_file(message.read_file))
         else:
             logger.warning("ignoring an unexpected %s message from the master", kind)
 
@@ -257,6 +266,8 @@ class Agent:
             task.state = common_pb2.TASK_RUNNING
             self._report(task.framework_id, task.info.task_id, common_pb2.TASK_RUNNING)
             exited.add_done_callback(functools.partial(self._exited, task))
+            if task.info.HasField("health_check") and not exited.done():
+                self.start_health_check(task)
             if task.framework_removed or task.pending_kill is not None:
                 # Killed while an asynchronous containerizer was starting it.
                 await task.containerizer.kill(task.key, task.pending_kill or self._grace_period(task))
@@ -267,6 +278,18 @@ class Agent:
 
     def _finish(self, task: _Task, outcome: TaskExit) -> None:
         """Record the task's end and report it (unless its framework is gone)."""
+        self._stop_health_check(task)
+        healthy = None
+        if task.killed_unhealthy and outcome.state == common_pb2.TASK_KILLED:
+            # Mesos reports TASK_KILLED with healthy=false here and leaves the reason
+            # unset (a TODO in its executor); Corral names it. See docs/protocol.md.
+            healthy = False
+            outcome = TaskExit(
+                outcome.state,
+                common_pb2.REASON_TASK_UNHEALTHY,
+                f"killed for failing its health check: {outcome.message}",
+                outcome.exit_code,
+            )
         task.state = outcome.state
         logger.info("task %s: %s", state_name(outcome.state), outcome.message, extra=task.log_context)
         if task.framework_removed:
@@ -280,7 +303,64 @@ class Agent:
             outcome.reason,
             outcome.message,
             outcome.exit_code,
+            healthy,
         )
+
+    # -- health checks -------------------------------------------------------------
+
+    def start_health_check(self, task: _Task) -> None:
+        """Run the task's health check until it ends, is killed, or is found unhealthy."""
+        sandbox = files.task_sandbox(self.config.work_path, task.framework_id, task.info.task_id)
+        checker = HealthChecker(
+            task.info.health_check,
+            sandbox=sandbox,
+            environment=check_environment(
+                self._task_environment,
+                task=task.info,
+                framework_id=task.framework_id,
+                agent_id=self.agent_id,
+                sandbox=sandbox,
+            ),
+            on_change=functools.partial(self._health_changed, task),
+            on_unhealthy=functools.partial(self._unhealthy, task),
+            log_context=task.log_context,
+        )
+        task.health_check = self._in_background(checker.run())
+
+    def _stop_health_check(self, task: _Task) -> None:
+        if task.health_check is not None:
+            task.health_check.cancel()
+            task.health_check = None
+
+    def _health_changed(self, task: _Task, healthy: bool, why: str) -> None:
+        """A new result: a reliable TASK_RUNNING update carries it (Mesos does the same)."""
+        if task.state != common_pb2.TASK_RUNNING or task.framework_removed:
+            return
+        logger.info("task is now %s: %s", "healthy" if healthy else "unhealthy", why, extra=task.log_context)
+        self._report(
+            task.framework_id,
+            task.info.task_id,
+            common_pb2.TASK_RUNNING,
+            common_pb2.REASON_TASK_HEALTH_CHECK_STATUS_UPDATED,
+            why,
+            healthy=healthy,
+        )
+
+    def _unhealthy(self, task: _Task, why: str) -> None:
+        """It failed too often: kill it by its kill policy; `_finish` reports why."""
+        task.health_check = None  # The checker returns after this call.
+        if task.state != common_pb2.TASK_RUNNING:
+            return
+        logger.warning("killing the task: %s", why, extra=task.log_context)
+        task.killed_unhealthy = True
+        self._in_background(task.containerizer.kill(task.key, self._grace_period(task)))
+
+    # -- sandbox files ---------------------------------------------------------------
+
+    async def _read_file(self, request: agent_pb2.ReadFile) -> None:
+        """Answer the master's ReadFile (a thread: a slow disk must not stall the loop)."""
+        answer = await asyncio.to_thread(files.read_file, self.config.work_path, request)
+        self._session.send(agent_pb2.AgentMessage(file_data=answer))
 
     # -- kills -------------------------------------------------------------------
 
@@ -305,6 +385,8 @@ class Agent:
             return
         override = message.kill_policy if message.HasField("kill_policy") else None
         grace = self._grace_period(task, override)
+        # Mesos stops checking a task once it is being killed.
+        self._stop_health_check(task)
         if task.state == common_pb2.TASK_STAGING:
             task.pending_kill = grace
         else:
@@ -348,6 +430,7 @@ class Agent:
         reason: common_pb2.StatusReason.ValueType = common_pb2.REASON_UNSPECIFIED,
         message: str = "",
         exit_code: int | None = None,
+        healthy: bool | None = None,
     ) -> None:
         status = common_pb2.TaskStatus(
             task_id=task_id,
@@ -360,6 +443,8 @@ class Agent:
         )
         if exit_code is not None:
             status.exit_code = exit_code
+        if healthy is not None:
+            status.healthy = healthy
         self._updates.update(status)
 
     def _send_updates(self, updates: list[common_pb2.TaskStatus]) -> None:
@@ -387,10 +472,11 @@ class Agent:
 
     # -- helpers -------------------------------------------------------------------
 
-    def _in_background(self, coroutine: Coroutine[Any, Any, None]) -> None:
+    def _in_background(self, coroutine: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.create_task(coroutine)
         self._background.add(task)
         task.add_done_callback(self._background_done)
+        return task
 
     def _background_done(self, task: asyncio.Task[None]) -> None:
         self._background.discard(task)

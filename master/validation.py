@@ -9,6 +9,7 @@ so a rejected call changes no state at all.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -26,6 +27,15 @@ MAX_NAME_CHARS = 256
 MAX_GRACE_SECONDS = 3600.0
 MAX_FAILOVER_SECONDS = 365 * 24 * 3600.0
 MAX_ROLES = 64
+#: Docker's own limit on a reference is 255 characters for the name, plus tag or digest.
+MAX_IMAGE_CHARS = 512
+MAX_PORT_MAPPINGS = 1024
+_IMAGE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/:@-]*")
+#: Bounds of a health check's timing: a day, and the consecutive failures of a year
+#: of 1 s checks, far beyond any sensible check but small enough to be safe.
+MAX_HEALTH_SECONDS = 24 * 3600.0
+MAX_HEALTH_FAILURES = 1_000_000
+MAX_HEALTH_PATH_CHARS = 2048
 
 
 class Rejected(Exception):
@@ -104,9 +114,49 @@ def grace_problem(policy: common_pb2.KillPolicy) -> str | None:
     return f"kill_policy.grace_period_seconds must be between 0 and {MAX_GRACE_SECONDS:g}, got {grace}"
 
 
+def health_check_problems(check: common_pb2.HealthCheck) -> Iterable[str]:
+    """What is wrong with a task's health check (zero timings mean Mesos' defaults)."""
+    kinds = common_pb2.HealthCheck
+    for name in ("delay_seconds", "interval_seconds", "timeout_seconds", "grace_period_seconds"):
+        value = getattr(check, name)
+        if not (math.isfinite(value) and 0 <= value <= MAX_HEALTH_SECONDS):
+            yield f"health_check.{name} must be between 0 and {MAX_HEALTH_SECONDS:g}, got {value}"
+    if check.consecutive_failures > MAX_HEALTH_FAILURES:
+        yield f"health_check.consecutive_failures must be at most {MAX_HEALTH_FAILURES}"
+    if check.type == kinds.COMMAND:
+        command = check.command
+        if not command.value:
+            yield "health_check.command.value is empty: a COMMAND check needs a command"
+        if len(command.value) > MAX_COMMAND_CHARS:
+            yield f"health_check.command.value is longer than {MAX_COMMAND_CHARS} characters"
+        if len(command.arguments) > MAX_ARGUMENTS:
+            yield f"health_check.command has more than {MAX_ARGUMENTS} arguments"
+        if len(command.environment) > MAX_ENVIRONMENT:
+            yield f"health_check.command has more than {MAX_ENVIRONMENT} environment variables"
+        for name in command.environment:
+            if not name or "=" in name or "\0" in name:
+                yield f"health_check.command environment variable name {name!r} is not allowed"
+        if any("\0" in arg for arg in (command.value, *command.arguments, *command.environment.values())):
+            yield "health_check.command contains a NUL character"
+    elif check.type in (kinds.TCP, kinds.HTTP):
+        if not 1 <= check.port <= 65535:
+            yield f"health_check.port must be between 1 and 65535, got {check.port}"
+        if check.type == kinds.HTTP:
+            path = check.path or "/"
+            if not path.startswith("/"):
+                yield f"health_check.path must start with '/', got {path[:MAX_NAME_CHARS]!r}"
+            elif len(path) > MAX_HEALTH_PATH_CHARS:
+                yield f"health_check.path is longer than {MAX_HEALTH_PATH_CHARS} characters"
+            elif not path.isascii() or any(c.isspace() or not c.isprintable() for c in path):
+                yield "health_check.path may hold only printable ASCII, no spaces (percent-encode others)"
+    else:
+        yield "health_check.type must be COMMAND, TCP or HTTP"
+
+
 def _task_problems(task: common_pb2.TaskInfo) -> Iterable[str]:
     command = task.command
-    if not command.value:
+    if not command.value and not (task.containerizer == "docker" and not command.shell):
+        # A docker task may leave it empty: its image's own command runs.
         yield "command.value is empty: give a shell command or an executable"
     if len(command.value) > MAX_COMMAND_CHARS:
         yield f"command.value is longer than {MAX_COMMAND_CHARS} characters"
@@ -124,6 +174,51 @@ def _task_problems(task: common_pb2.TaskInfo) -> Iterable[str]:
     grace = grace_problem(task.kill_policy)
     if grace:
         yield grace
+    if task.HasField("health_check"):
+        yield from health_check_problems(task.health_check)
+
+
+def container_problems(task: common_pb2.TaskInfo, resources: Resources) -> Iterable[str]:
+    """What is wrong with a docker task's container (docs/protocol.md, "Docker tasks").
+
+    The image name and command are handed to the engine as data (argv, never a
+    shell line); an image name is still held to the characters image references
+    use, so that a name like `busybox; rm -rf /` is refused here, by name.
+    """
+    container = task.container
+    if task.containerizer != "docker":
+        if task.HasField("container"):
+            yield "container is only for tasks with containerizer 'docker'"
+        return
+    image = container.image
+    if not image:
+        yield "a docker task needs container.image (a local image, or one a registry can give)"
+    elif len(image) > MAX_IMAGE_CHARS:
+        yield f"container.image is longer than {MAX_IMAGE_CHARS} characters"
+    elif not _IMAGE_RE.fullmatch(image):
+        yield (
+            f"container.image {image[:MAX_NAME_CHARS]!r} is not an image reference: use letters, digits "
+            "and '.', '_', '-', '/', ':', '@' (e.g. 'busybox:1.36' or 'registry:5000/team/app')"
+        )
+    if len(container.port_mappings) > MAX_PORT_MAPPINGS:
+        yield f"more than {MAX_PORT_MAPPINGS} port mappings"
+        return
+    own = resources.ranges("ports")
+    seen: set[tuple[int, str]] = set()
+    for mapping in container.port_mappings:
+        protocol = mapping.protocol or "tcp"
+        if protocol not in ("tcp", "udp"):
+            yield f"port mapping protocol {mapping.protocol[:16]!r} is not 'tcp' or 'udp'"
+        if not 1 <= mapping.container_port <= 65535:
+            yield f"port mapping container_port {mapping.container_port} is not between 1 and 65535"
+        if not any(begin <= mapping.host_port <= end for begin, end in own):
+            yield (
+                f"port mapping host_port {mapping.host_port} is not one of the task's ports resources "
+                "(take host ports from the offer's ports and list them in the task's resources)"
+            )
+        if (mapping.host_port, protocol) in seen:
+            yield f"host port {mapping.host_port}/{protocol} is mapped twice"
+        seen.add((mapping.host_port, protocol))
 
 
 def plan_accept(
@@ -188,6 +283,7 @@ def plan_accept(
             except ResourceError as exc:
                 task_problems.append(str(exc))
                 resources = EMPTY
+            task_problems.extend(container_problems(task, resources))
             if task.agent_id not in pools:
                 task_problems.append(
                     f"agent {task.agent_id[:MAX_NAME_CHARS]!r} is not the agent of any accepted offer"
