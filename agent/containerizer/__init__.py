@@ -42,6 +42,7 @@ DEFAULT_CONTAINERIZER: Final = "process"
 #: name -> "module:Class"; imported on demand by `create`.
 _REGISTRY: Final[Mapping[str, str]] = {
     "process": "agent.containerizer.process:ProcessContainerizer",
+    "docker": "agent.containerizer.docker:DockerContainerizer",
 }
 
 
