@@ -19,11 +19,11 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 
+from agent.session import Session
+from agent.status_updates import StatusUpdateManager
 from corral import __version__, logs
 from corral.resources import Resources
 from corral.v1 import agent_pb2, common_pb2
-from agent.session import Session
-from agent.status_updates import StatusUpdateManager
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +57,8 @@ class EmulatedAgent:
         #: Called with a task's key when it ends, before its update is sent
         #: (for observers such as scale tests).
         self.on_task_end: Callable[[TaskKey], None] | None = None
+        #: Called once, when the master first accepts this agent.
+        self.on_first_registration: Callable[[], None] | None = None
         self._loop = asyncio.get_running_loop()
         self.session = Session(masters, self)
         self.updates = StatusUpdateManager(self._send_updates, on_forget=self._forget)
@@ -78,6 +80,8 @@ class EmulatedAgent:
         self.agent_id = message.agent_id
         if self.registered_at is None:
             self.registered_at = time.monotonic()
+            if self.on_first_registration is not None:
+                self.on_first_registration()
         self.updates.connected()
 
     def disconnected(self) -> None:
@@ -172,9 +176,23 @@ class Emulator:
     def __init__(self, masters: Sequence[str], count: int, resources: Resources, task_seconds: float) -> None:
         self.agents = [EmulatedAgent(i, masters, resources, task_seconds) for i in range(count)]
         self.started_at = time.monotonic()
+        self._registered = 0
+        self._all_registered = asyncio.Event()
+        for agent in self.agents:
+            agent.on_first_registration = self._one_registered
+
+    def _one_registered(self) -> None:
+        self._registered += 1
+        if self._registered == len(self.agents):
+            self._all_registered.set()
 
     def registered(self) -> int:
-        return sum(a.registered_at is not None for a in self.agents)
+        """How many agents the master has accepted at least once."""
+        return self._registered
+
+    async def wait_registered(self) -> None:
+        """Return once every agent has been accepted by the master."""
+        await self._all_registered.wait()
 
     async def run(self) -> None:
         self.started_at = time.monotonic()

@@ -118,12 +118,7 @@ def test_a_thousand_emulated_agents_never_see_a_resource_offered_twice(cluster: 
         drivers = [SchedulerDriver(fw, master=address, name=fw.name) for fw in frameworks]
         runs: list[asyncio.Task[None]] = []
         try:
-
-            async def all_registered() -> None:
-                while emulator.registered() < AGENTS:
-                    await asyncio.sleep(0.1)
-
-            await asyncio.wait_for(all_registered(), 120)
+            await asyncio.wait_for(emulator.wait_registered(), 120)
             runs = [asyncio.create_task(d.run()) for d in drivers]
             await asyncio.wait_for(asyncio.gather(*(fw.done.wait() for fw in frameworks)), 180)
             for driver in drivers:
