@@ -27,6 +27,7 @@ from corral.states import is_terminal
 from corral.v1 import agent_pb2, common_pb2, operator_pb2, registry_pb2, scheduler_pb2
 from master.allocator import DEFAULT_ROLE, Allocator
 from master.config import MasterConfig
+from master.logs import FileRequests
 from master.offers import OfferBook
 from master.registry import Registrar
 from master.validation import MAX_NAME_CHARS, Rejected, check_framework_info, grace_problem, plan_accept
@@ -145,6 +146,8 @@ class Master:
         self._allocation: asyncio.TimerHandle | None = None
         self._filter_timer: asyncio.TimerHandle | None = None
         self._periodic: list[asyncio.Task[None]] = []
+        #: ReadFile requests in flight to agents (task logs, see master.logs).
+        self.files = FileRequests()
         self._last_sweep = self._loop.time()
         self._recover_registry()
 
@@ -458,6 +461,8 @@ class Master:
                 task = agent.tasks.get((usage.framework_id, usage.task_id))
                 if task is not None:
                     task.usage = usage.usage
+        elif kind == "file_data":
+            self.files.answer(agent_id, message.file_data)
         elif kind == "heartbeat":
             pass
         else:
@@ -470,6 +475,7 @@ class Master:
         if agent is None or agent.link is not link:
             return
         agent.link = None
+        self.files.agent_gone(agent_id)
         if agent.status != ACTIVE:
             return
         logger.info("agent %s disconnected", agent_id, extra=_ctx(agent_id=agent_id))

@@ -22,6 +22,7 @@ from corral.v1 import (
     scheduler_pb2_grpc,
 )
 from master.links import QueueLink
+from master.logs import read_task_log
 from master.master import Master
 from master.validation import Rejected
 
@@ -158,5 +159,8 @@ class OperatorService(operator_pb2_grpc.OperatorServiceServicer):
         request: operator_pb2.ReadTaskLogRequest,
         context: grpc.aio.ServicerContext[operator_pb2.ReadTaskLogRequest, operator_pb2.TaskLogChunk],
     ) -> AsyncIterator[operator_pb2.TaskLogChunk]:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "reading task logs through the master is not built yet")
-        yield operator_pb2.TaskLogChunk()  # unreachable: makes this an async generator
+        try:
+            async for chunk in read_task_log(self.master, request):
+                yield chunk
+        except Rejected as exc:
+            await context.abort(exc.code, exc.message)

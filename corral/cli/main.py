@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 
 import corral
 from corral import logs
-from corral.cli import common, run, state, up
+from corral.cli import common, logs as logs_cli, run, state, up
 
 DESCRIPTION = """\
 Operate a Corral cluster.
@@ -22,6 +22,7 @@ Operate a Corral cluster.
   corral up --demo            start a master and an agent here, run hello-world
   corral agents               list the agents of a running cluster
   corral run -- echo hi       run one command as a task
+  corral logs -f TASK_ID      follow a task's output
 """
 
 
@@ -43,6 +44,7 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     up.register(subparsers, env)
     run.register(subparsers, default_master)
     state.register(subparsers, default_master)
+    logs_cli.register(subparsers, default_master)
     return parser
 
 

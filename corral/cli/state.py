@@ -23,7 +23,7 @@ from corral.v1 import common_pb2, operator_pb2
 
 AGENT_HEADERS = ("ID", "HOSTNAME", "STATUS", "CPUS", "MEM (MiB)", "DISK (MiB)", "TASKS")
 FRAMEWORK_HEADERS = ("ID", "NAME", "ROLES", "STATUS", "TASKS")
-TASK_HEADERS = ("ID", "FRAMEWORK", "AGENT", "STATE", "CPUS", "MEM (MiB)", "RSS")
+TASK_HEADERS = ("ID", "FRAMEWORK", "AGENT", "STATE", "CPUS", "MEM (MiB)", "RSS", "CPU TIME")
 
 
 def scalars(resources: Iterable[common_pb2.Resource]) -> dict[str, float]:
@@ -139,11 +139,17 @@ def framework_json(state: operator_pb2.State) -> dict[str, Any]:
 
 
 def task_rows(state: operator_pb2.State) -> list[list[str]]:
-    """One row per task the master reports; RSS is `-` until the agent samples usage."""
+    """One row per task the master reports; RSS and CPU TIME (user + system, since the
+    task started) are `-` until the agent samples usage."""
     rows = []
     for entry in state.tasks:
         amounts = scalars(entry.task.resources)
         rss = format_bytes(entry.usage.mem_rss_bytes) if entry.HasField("usage") else "-"
+        cpu = (
+            f"{entry.usage.cpu_user_seconds + entry.usage.cpu_system_seconds:.2f} s"
+            if entry.HasField("usage")
+            else "-"
+        )
         rows.append(
             [
                 entry.task.task_id,
@@ -153,6 +159,7 @@ def task_rows(state: operator_pb2.State) -> list[list[str]]:
                 format_amount(amounts.get("cpus", 0.0)),
                 format_amount(amounts.get("mem", 0.0)),
                 rss,
+                cpu,
             ]
         )
     return rows
@@ -166,6 +173,7 @@ def _status_json(status: common_pb2.TaskStatus) -> dict[str, Any]:
         "source": common_pb2.StatusSource.Name(status.source).removeprefix("SOURCE_"),
         "timestamp": status.timestamp,
         "exit_code": status.exit_code if status.HasField("exit_code") else None,
+        "healthy": status.healthy if status.HasField("healthy") else None,
     }
 
 
@@ -232,7 +240,7 @@ VIEWS = (
     ),
     _View(
         "tasks",
-        "list the tasks the master knows: state, resources, memory in use (RSS)",
+        "list the tasks the master knows: state, resources, memory in use (RSS), cpu time used",
         TASK_HEADERS,
         task_rows,
         task_json,

@@ -44,7 +44,9 @@ def _cluster() -> operator_pb2.State:
                 agent_id="agent-a",
                 task=common_pb2.TaskInfo(task_id="t1", resources=_res(cpus=1, mem=128)),
                 state=common_pb2.TASK_RUNNING,
-                usage=common_pb2.ResourceUsage(mem_rss_bytes=5 * 1024 * 1024),
+                usage=common_pb2.ResourceUsage(
+                    mem_rss_bytes=5 * 1024 * 1024, cpu_user_seconds=1.5, cpu_system_seconds=0.25
+                ),
             ),
             operator_pb2.TaskEntry(
                 framework_id="fw-1",
@@ -82,11 +84,11 @@ def test_framework_rows_default_the_role_and_count_active_tasks() -> None:
     ]
 
 
-def test_task_rows_show_state_names_and_rss_when_sampled() -> None:
+def test_task_rows_show_state_names_and_usage_when_sampled() -> None:
     assert view.task_rows(_cluster()) == [
-        ["t1", "fw-1", "agent-a", "RUNNING", "1", "128", "5.0 MiB"],
-        ["t2", "fw-1", "agent-a", "STAGING", "0.5", "128", "-"],
-        ["t3", "fw-2", "agent-a", "FINISHED", "0.1", "32", "-"],
+        ["t1", "fw-1", "agent-a", "RUNNING", "1", "128", "5.0 MiB", "1.75 s"],
+        ["t2", "fw-1", "agent-a", "STAGING", "0.5", "128", "-", "-"],
+        ["t3", "fw-2", "agent-a", "FINISHED", "0.1", "32", "-", "-"],
     ]
 
 
@@ -125,6 +127,7 @@ def test_task_json_reports_last_status_and_usage_or_null() -> None:
     assert tasks[2]["state"] == "FINISHED"
     assert tasks[2]["last_status"]["exit_code"] == 0
     assert tasks[2]["last_status"]["reason"] == "COMMAND_EXITED"
+    assert tasks[2]["last_status"]["healthy"] is None
     assert tasks[2]["containerizer"] == "process"
 
 
@@ -155,4 +158,6 @@ def test_render_table_starts_with_headers() -> None:
         "MEM",
         "(MiB)",
         "RSS",
+        "CPU",
+        "TIME",
     ]
