@@ -240,8 +240,12 @@ class Agent:
             task = _Task(framework_id, info, containerizer)
             self._tasks[key] = task
             batch.append(task)
-        if batch:
-            self._in_background(self._launch(batch))
+        serial = [task for task in batch if not task.containerizer.concurrent_launches]
+        if serial:
+            self._in_background(self._launch(serial))
+        for task in batch:
+            if task.containerizer.concurrent_launches:
+                self._in_background(self._launch([task]))
 
     async def _launch(self, batch: list[_Task]) -> None:
         """Start each task in turn (one Popen each for processes: no await suspends)."""

@@ -126,6 +126,10 @@ class Containerizer(abc.ABC):
 
     #: The name operators and TaskInfo.containerizer use.
     name: ClassVar[str]
+    #: Whether the agent should start this containerizer's tasks side by side rather
+    #: than one after another: true where a launch waits on something slow (the Docker
+    #: engine), false where it is one quick system call (a process).
+    concurrent_launches: ClassVar[bool] = False
 
     def __init__(self, options: ContainerizerOptions) -> None:
         self.options = options

@@ -55,17 +55,26 @@ def engine() -> Iterator[docker.APIClient]:
     client.close()
 
 
+AGENT_FLAGS = ("--containerizers", "process,docker", "--kill-grace-period", "1")
+
+
 @pytest.fixture
-def docker_cluster(cluster: Cluster, engine: docker.APIClient) -> Iterator[Cluster]:
-    """A master and one agent that runs docker tasks; removes the test's containers at the end."""
-    cluster.start_master()
-    cluster.start_agent("--containerizers", "process,docker", "--kill-grace-period", "1")
-    cluster.wait_agents(1)
+def cleaned_cluster(cluster: Cluster, engine: docker.APIClient) -> Iterator[Cluster]:
+    """The cluster fixture; removes the test's containers at the end, also on failure."""
     try:
         yield cluster
     finally:
         for container in ours(engine, cluster.root):
             engine.remove_container(container["Id"], force=True)
+
+
+@pytest.fixture
+def docker_cluster(cleaned_cluster: Cluster) -> Cluster:
+    """A master and one agent that runs docker tasks."""
+    cleaned_cluster.start_master()
+    cleaned_cluster.start_agent(*AGENT_FLAGS, name="agent1")
+    cleaned_cluster.wait_agents(1)
+    return cleaned_cluster
 
 
 def ours(engine: docker.APIClient, root: Path) -> list[dict[str, Any]]:
