@@ -6,7 +6,8 @@ from the master to the agent (`SessionHandler`). Everything the agent writes goe
 through one outbound queue that feeds the stream's request iterator, so writes
 never interleave. When the stream ends, the session reconnects with exponential
 backoff (0.1 s doubling to 5 s, with jitter), trying the configured masters in
-turn, and registers again. `Refused` ends the session for good (`AgentRefused`).
+turn (or the leader a standby named in its refusal), and registers again.
+`Refused` ends the session for good (`AgentRefused`).
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ MAX_BACKOFF: Final = 5.0
 REGISTRATION_TIMEOUT: Final = 15.0
 #: Used when the master's Registered names no usable heartbeat interval.
 DEFAULT_HEARTBEAT_INTERVAL: Final = 5.0
+#: Trailing metadata with which a standby master names the leader.
+LEADER_METADATA_KEY: Final = "x-leader-addr"
 
 _Outbound = asyncio.Queue[agent_pb2.AgentMessage | None]
 
@@ -76,6 +79,8 @@ class Session:
         self._registration_timeout = registration_timeout
         #: The current connection's outbound queue, while it is registered.
         self._outbound: _Outbound | None = None
+        #: The leader a standby master named in its refusal (tried next).
+        self._redirect: str | None = None
 
     @property
     def registered(self) -> bool:
@@ -96,11 +101,13 @@ class Session:
         backoff = self._initial_backoff
         index = 0
         while True:
-            address = self._masters[index % len(self._masters)]
+            address = self._redirect or self._masters[index % len(self._masters)]
+            self._redirect = None
             if await self._connect_once(address):
                 backoff = self._initial_backoff
-            else:
-                # Never got registered there: try the next master.
+            elif not self._redirect:
+                # Never got registered there: try the next master (or, when a
+                # standby named the leader, that one next).
                 index += 1
             delay = min(backoff * random.uniform(0.5, 1.5), self._max_backoff)
             logger.info("reconnecting to a master in %.2f s", delay)
@@ -163,6 +170,7 @@ class Session:
             return registered
         except grpc.aio.AioRpcError as exc:
             logger.warning("stream to master %s ended: %s %s", address, exc.code().name, exc.details())
+            self._redirect = _leader_hint(exc, address)
             return registered
         except asyncio.InvalidStateError as exc:
             # What a write to a stream that has finished raises (not AioRpcError).
@@ -200,3 +208,14 @@ def _heartbeat_interval(seconds: float) -> float:
         "master gave no usable heartbeat interval (%r); using %g s", seconds, DEFAULT_HEARTBEAT_INTERVAL
     )
     return DEFAULT_HEARTBEAT_INTERVAL
+
+
+def _leader_hint(exc: grpc.aio.AioRpcError, address: str) -> str | None:
+    """The leader's address a standby master named in its refusal, if any (and not `address`)."""
+    if exc.code() != grpc.StatusCode.FAILED_PRECONDITION:
+        return None
+    for key, value in exc.trailing_metadata() or ():
+        if key == LEADER_METADATA_KEY:
+            hint = value if isinstance(value, str) else value.decode()
+            return hint if hint and hint != address else None
+    return None

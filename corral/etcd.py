@@ -97,6 +97,7 @@ class WatchEvent:
     key: str
     value: bytes | None
     revision: int
+    create_revision: int
 
 
 class Etcd:
@@ -160,10 +161,20 @@ class Etcd:
 
     async def transaction(
         self, compare: list[Any], success: list[Any], failure: list[Any] | None = None
-    ) -> bool:
-        """Run a transaction; True when the comparisons held and `success` ran."""
-        succeeded, _ = await self._call(self._client.transaction, compare, success, failure or [])
-        return bool(succeeded)
+    ) -> tuple[bool, list[KeyValue]]:
+        """Run a transaction: whether the comparisons held, and what its `get`s read, in order."""
+
+        def run() -> tuple[bool, list[KeyValue]]:
+            succeeded, responses = self._client.transaction(compare, success, failure or [])
+            read = [
+                KeyValue(meta.key.decode(), value, meta.create_revision, meta.mod_revision)
+                for response in responses
+                if isinstance(response, list)
+                for value, meta in response
+            ]
+            return bool(succeeded), read
+
+        return await self._call(run)
 
     async def grant(self, ttl: int) -> int:
         """A new lease of `ttl` seconds; its id."""
@@ -286,6 +297,7 @@ class Watch:
                         key=event.key.decode(),
                         value=None if deleted else bytes(event.value),
                         revision=int(event.mod_revision),
+                        create_revision=0 if deleted else int(event.create_revision),
                     )
 
     async def cancel(self) -> None:

@@ -65,6 +65,8 @@ def wait_for(
 class Process:
     def __init__(self, name: str, args: list[str], log: Path, env: dict[str, str] | None = None) -> None:
         self.name = name
+        #: The gRPC address it serves on, for masters.
+        self.address = ""
         self.args = args
         self.log = log
         self._log_file = open(log, "ab")  # noqa: SIM115 (closed in stop)
@@ -107,6 +109,8 @@ class Cluster:
         self.master_address = ""
         self._channel: grpc.Channel | None = None
         self._agents = 0
+        #: Replicated masters (`start_masters`).
+        self.masters: list[Process] = []
 
     # -- processes -------------------------------------------------------
 
@@ -219,6 +223,53 @@ class Cluster:
             return state if sum(a.status == status for a in state.agents) == count else None
 
         return wait_for(ready, timeout, f"{count} agents {status}")
+
+    # -- replicated masters ------------------------------------------------
+
+    def start_masters(self, count: int, store: str, *flags: str, ttl: float = 2.0) -> list[Process]:
+        """`count` masters sharing the etcd `store`; agents started later get all their addresses."""
+        started = []
+        for i in range(count):
+            name = f"master{i + 1}"
+            address = self.start_master("--store", store, "--election-ttl", str(ttl), *flags, name=name)
+            proc = self.processes[-1]
+            proc.address = address
+            started.append(proc)
+        self.masters = started
+        self.master_address = ",".join(p.address for p in started)
+        return started
+
+    @staticmethod
+    def master_state(address: str, timeout: float = 2.0) -> operator_pb2.State:
+        with grpc.insecure_channel(address, options=CHANNEL_OPTIONS) as channel:
+            stub = operator_pb2_grpc.OperatorServiceStub(channel)
+            return stub.GetState(operator_pb2.GetStateRequest(), timeout=timeout)
+
+    def leaders(self) -> list[Process]:
+        """The live masters that say they lead right now."""
+        leading = []
+        for proc in self.masters:
+            if not proc.alive():
+                continue
+            try:
+                if self.master_state(proc.address).leading:
+                    leading.append(proc)
+            except grpc.RpcError:
+                continue
+        return leading
+
+    def wait_leader(self, timeout: float = 20.0) -> Process:
+        """The one leader, once exactly one master leads; later `state()` calls ask it."""
+
+        def one_leader() -> Process | None:
+            found = self.leaders()
+            return found[0] if len(found) == 1 else None
+
+        leader = wait_for(one_leader, timeout, "exactly one leading master")
+        if self._channel is not None:
+            self._channel.close()
+        self._channel = grpc.insecure_channel(leader.address, options=CHANNEL_OPTIONS)
+        return leader
 
 
 def etcd_binary() -> str | None:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from corral.config import setting
+from corral.etcd import parse_endpoints
 
 
 def _default_work_dir() -> str:
@@ -36,6 +37,18 @@ class MasterConfig:
     log_level: str = setting("INFO", "log level")
     log_json: bool = setting(False, "log JSON lines instead of text")
     port_file: str = setting("", "write the bound port to this file once serving (for scripts)")
+    store: str = setting(
+        "",
+        "where the registry lives: empty for a file in --work-dir (one master), or "
+        "etcd://HOST:PORT[,HOST:PORT...] for replicated masters with leader election",
+    )
+    cluster: str = setting("default", "the cluster's name: its keys in etcd live under /corral/NAME/")
+    advertise: str = setting(
+        "", "the HOST:PORT others reach this master at (default: the bound --listen address)"
+    )
+    election_ttl: float = setting(
+        3.0, "seconds of the leader's etcd lease: a new leader serves within about this after a crash"
+    )
 
     def __post_init__(self) -> None:
         for name in (
@@ -51,6 +64,14 @@ class MasterConfig:
         if self.agent_timeout < self.agent_heartbeat_interval:
             raise ValueError("--agent-timeout must be at least --agent-heartbeat-interval")
         parse_weights(self.weights)
+        if self.store:
+            if not self.store.startswith("etcd://"):
+                raise ValueError(f"--store {self.store!r}: expected etcd://HOST:PORT[,HOST:PORT...]")
+            parse_endpoints(self.store)
+        if not self.election_ttl >= 1:
+            raise ValueError("--election-ttl must be at least 1 second (etcd leases count whole seconds)")
+        if not self.cluster or not all(c.isalnum() or c in "-_." for c in self.cluster):
+            raise ValueError("--cluster must be letters, digits, '-', '_' or '.'")
 
 
 def parse_weights(text: str) -> dict[str, float]:

@@ -149,6 +149,11 @@ class Master:
         #: ReadFile requests in flight to agents (task logs, see master.logs).
         self.files = FileRequests()
         self._last_sweep = self._loop.time()
+        #: Who leads, for operators (set by the server on election).
+        self.leader_info: common_pb2.LeaderInfo | None = None
+        #: Whether this master may still act as leader (fencing: false once its
+        #: lease can no longer be trusted, even before it is torn down).
+        self.may_act: Callable[[], bool] = lambda: True
         self._recover_registry()
 
     # -- lifecycle ---------------------------------------------------------
@@ -213,10 +218,11 @@ class Master:
     def _sweep_agents_interval(self) -> float:
         return min(1.0, self.config.agent_heartbeat_interval)
 
-    @staticmethod
-    async def _every(interval: float, fn: Callable[[], None]) -> None:
+    async def _every(self, interval: float, fn: Callable[[], None]) -> None:
         while True:
             await asyncio.sleep(interval)
+            if not self.may_act():
+                continue
             try:
                 fn()
             except Exception:
@@ -235,6 +241,8 @@ class Master:
 
     def _allocate(self) -> None:
         self._allocation = None
+        if not self.may_act():
+            return
         now = self._loop.time()
         batches: dict[str, list[scheduler_pb2.Offer]] = defaultdict(list)
         for allocation in self.allocator.allocate(now):
@@ -1024,7 +1032,7 @@ class Master:
         )
 
     def state(self) -> operator_pb2.State:
-        state = operator_pb2.State(master=self.master_info(), leading=True)
+        state = operator_pb2.State(master=self.master_info(), leading=True, leader=self.leader_info)
         now_mono, now = self._loop.time(), time.time()
         allocated_by_agent: dict[str, Resources] = defaultdict(lambda: EMPTY)
         allocated_by_framework: dict[str, Resources] = defaultdict(lambda: EMPTY)

@@ -7,6 +7,7 @@ and raise `Rejected` with the status code to answer with.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
 from typing import TypeVar
@@ -34,9 +35,28 @@ REGISTER_TIMEOUT = 10.0
 Req = TypeVar("Req")
 
 
-class AgentService(agent_pb2_grpc.AgentServiceServicer):
-    def __init__(self, master: Master) -> None:
-        self.master = master
+class NotLeading(Rejected):
+    """This master does not lead (any more): it must not act."""
+
+    def __init__(self) -> None:
+        super().__init__(grpc.StatusCode.FAILED_PRECONDITION, "not the leader")
+
+
+class _UsesMaster:
+    """A servicer over the current state machine: a fixed `Master`, or, with
+    replicated masters, a function that returns the leader's state machine
+    and raises `NotLeading` when this master does not lead at that instant
+    (checked on every use, so a stream opened under a lost term stops)."""
+
+    def __init__(self, master: Master | Callable[[], Master]) -> None:
+        self._master = master
+
+    @property
+    def master(self) -> Master:
+        return self._master if isinstance(self._master, Master) else self._master()
+
+
+class AgentService(_UsesMaster, agent_pb2_grpc.AgentServiceServicer):
 
     async def Connect(
         self,
@@ -68,7 +88,8 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
                 yield message
         finally:
             reader.cancel()
-            self.master.agent_disconnected(agent_id, link)
+            with contextlib.suppress(NotLeading):  # a deposed master forgot the agent already
+                self.master.agent_disconnected(agent_id, link)
 
     async def _read(
         self,
@@ -81,13 +102,13 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
                 self.master.agent_message(agent_id, link, message)
         except grpc.aio.AioRpcError as exc:
             logger.info("agent %s stream broke: %s", agent_id, exc.code(), extra={"agent_id": agent_id})
+        except NotLeading:
+            logger.info("closing agent %s's stream: not the leader", agent_id, extra={"agent_id": agent_id})
         finally:
             link.close()
 
 
-class SchedulerService(scheduler_pb2_grpc.SchedulerServiceServicer):
-    def __init__(self, master: Master) -> None:
-        self.master = master
+class SchedulerService(_UsesMaster, scheduler_pb2_grpc.SchedulerServiceServicer):
 
     async def Subscribe(
         self,
@@ -104,7 +125,8 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServiceServicer):
             while (event := await link.next()) is not None:
                 yield event
         finally:
-            self.master.framework_disconnected(subscribed.framework_id, link)
+            with contextlib.suppress(NotLeading):  # a deposed master forgot the framework already
+                self.master.framework_disconnected(subscribed.framework_id, link)
 
     async def _call(
         self,
@@ -143,9 +165,7 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServiceServicer):
         return await self._call(self.master.teardown, request, context)
 
 
-class OperatorService(operator_pb2_grpc.OperatorServiceServicer):
-    def __init__(self, master: Master) -> None:
-        self.master = master
+class OperatorService(_UsesMaster, operator_pb2_grpc.OperatorServiceServicer):
 
     async def GetState(
         self,
