@@ -57,7 +57,6 @@ class _UsesMaster:
 
 
 class AgentService(_UsesMaster, agent_pb2_grpc.AgentServiceServicer):
-
     async def Connect(
         self,
         request_iterator: AsyncIterator[agent_pb2.AgentMessage],
@@ -109,7 +108,6 @@ class AgentService(_UsesMaster, agent_pb2_grpc.AgentServiceServicer):
 
 
 class SchedulerService(_UsesMaster, scheduler_pb2_grpc.SchedulerServiceServicer):
-
     async def Subscribe(
         self,
         request: scheduler_pb2.SubscribeRequest,
@@ -166,7 +164,6 @@ class SchedulerService(_UsesMaster, scheduler_pb2_grpc.SchedulerServiceServicer)
 
 
 class OperatorService(_UsesMaster, operator_pb2_grpc.OperatorServiceServicer):
-
     async def GetState(
         self,
         request: operator_pb2.GetStateRequest,
