@@ -25,6 +25,7 @@ from typing import Any, Final
 
 import corral
 from agent import files
+from agent.checkpoint import Checkpoint, CheckpointError, State, current_boot_id
 from agent.config import AgentConfig
 from agent.containerizer import (
     DEFAULT_CONTAINERIZER,
@@ -32,6 +33,7 @@ from agent.containerizer import (
     ContainerizerOptions,
     LaunchError,
     LaunchSpec,
+    RecoverSpec,
     TaskExit,
     TaskKey,
     create,
@@ -90,6 +92,9 @@ class Agent:
         except OSError as exc:
             raise AgentError(f"cannot create the work dir {work_dir}: {exc.strerror or exc}") from None
         self._agent_id_path = work_dir / AGENT_ID_FILE
+        self._checkpoint = Checkpoint(work_dir)
+        self._boot_id = current_boot_id()
+        self._recovered = self._load_checkpoint()
         self.agent_id = _read_agent_id(self._agent_id_path)
         self.resources = host_resources(work_dir, config.resources)
         self.attributes = parse_attributes(config.attributes)
@@ -97,7 +102,9 @@ class Agent:
         self._task_environment = options.environment
         self._containerizers = {name: create(name, options) for name in config.containerizer_names}
         self._tasks: dict[TaskKey, _Task] = {}
-        self._updates = StatusUpdateManager(self._send_updates, on_forget=self._forget)
+        self._updates = StatusUpdateManager(
+            self._send_updates, on_forget=self._forget, journal=self._checkpoint
+        )
         self._session = Session(config.masters, self)
         self._background: set[asyncio.Task[None]] = set()
         self._stopping = asyncio.Event()
@@ -113,6 +120,10 @@ class Agent:
             self.resources,
             self.config.work_dir,
         )
+        try:
+            await self._recover()
+        except CheckpointError as exc:
+            raise AgentError(str(exc)) from None
         session = asyncio.create_task(self._session.run(), name="agent-session")
         usage = asyncio.create_task(self._report_usage(), name="agent-usage")
         stop = asyncio.create_task(self._stopping.wait(), name="agent-stop")
@@ -133,6 +144,7 @@ class Agent:
             self._updates.close()
             for containerizer in self._containerizers.values():
                 await containerizer.close()
+            self._checkpoint.close()
             running = sum(1 for t in self._tasks.values() if not is_terminal(t.state))
             logger.info(
                 "agent stopped; its %d running tasks keep running (an agent never kills its tasks "
@@ -144,6 +156,137 @@ class Agent:
         """Ask `run` to return: close the session, leave every task running."""
         self._stopping.set()
 
+    # -- checkpoint and recovery ---------------------------------------------------
+
+    def _load_checkpoint(self) -> State | None:
+        """What the agent ran before it restarted, or None when it starts afresh: no
+        checkpoint, or the host rebooted since (every task is gone; like Mesos, the
+        agent then registers as a new agent)."""
+        try:
+            state, boot_id = self._checkpoint.load()
+        except CheckpointError as exc:
+            raise AgentError(str(exc)) from None
+        if boot_id is None:
+            return None
+        if boot_id and self._boot_id and boot_id != self._boot_id:
+            logger.warning(
+                "the host rebooted since the checkpoint was written (boot id %s, now %s): its %d "
+                "tasks are gone; registering as a new agent",
+                boot_id,
+                self._boot_id,
+                len(state.tasks),
+            )
+            self._start_afresh()
+            return None
+        return state
+
+    def _start_afresh(self) -> None:
+        """Forget the checkpoint and the agent id: the next registration is a new agent's."""
+        self._checkpoint.discard()
+        try:
+            self._agent_id_path.unlink(missing_ok=True)
+        except OSError as exc:
+            raise AgentError(f"cannot remove {self._agent_id_path}: {exc.strerror or exc}") from None
+
+    async def _recover(self) -> None:
+        """Re-adopt the checkpointed tasks (--recover=reconnect) or kill them and start
+        afresh (--recover=cleanup), before the first registration."""
+        state, self._recovered = self._recovered, None
+        if state is None:
+            self._checkpoint.start(State(), self._boot_id)
+            return
+        if self.config.recover == "cleanup":
+            await self._cleanup(state)
+            return
+        self._checkpoint.start(state, self._boot_id)
+        for key in state.tasks.keys() | state.pending.keys():
+            self._updates.restore(key, list(state.pending.get(key, ())), state.acked.get(key))
+        specs: dict[str, list[RecoverSpec]] = {}
+        for key, record in list(state.tasks.items()):
+            if is_terminal(state.latest_state(key)) and key not in state.pending:
+                self._checkpoint.forget(key)  # Its end was acknowledged already.
+                continue
+            containerizer = self._containerizers.get(record.containerizer)
+            task = _Task(
+                record.framework.id,
+                record.info,
+                containerizer or next(iter(self._containerizers.values())),
+                state=state.latest_state(key),
+            )
+            self._tasks[key] = task
+            if is_terminal(task.state):
+                continue
+            if containerizer is None:
+                self._finish(
+                    task,
+                    TaskExit(
+                        common_pb2.TASK_LOST,
+                        common_pb2.REASON_AGENT_RESTARTED,
+                        f"the agent restarted without the {record.containerizer!r} containerizer "
+                        "that ran this task",
+                    ),
+                )
+                continue
+            spec = RecoverSpec(record.framework.id, self.agent_id, record.info, dict(record.handle))
+            specs.setdefault(record.containerizer, []).append(spec)
+        adopted = 0
+        for name, batch in specs.items():
+            containerizer = self._containerizers[name]
+            results = await containerizer.recover(batch)
+            for spec in batch:
+                task = self._tasks[spec.key]
+                exited = results.get(spec.key)
+                if exited is None:
+                    self._finish(
+                        task,
+                        TaskExit(
+                            common_pb2.TASK_LOST,
+                            common_pb2.REASON_AGENT_RESTARTED,
+                            f"the agent restarted and the {name} containerizer did not find the task",
+                        ),
+                    )
+                elif exited.done():
+                    self._exited(task, exited)
+                else:
+                    adopted += 1
+                    self._checkpoint.handle(spec.key, dict(containerizer.handle(spec.key)))
+                    if task.state != common_pb2.TASK_RUNNING:
+                        task.state = common_pb2.TASK_RUNNING
+                        self._report(task.framework_id, task.info.task_id, common_pb2.TASK_RUNNING)
+                    exited.add_done_callback(functools.partial(self._exited, task))
+        logger.info(
+            "recovered from the checkpoint: %d tasks re-adopted, %d known in all, %d with "
+            "unacknowledged updates",
+            adopted,
+            len(self._tasks),
+            len(state.pending),
+        )
+
+    async def _cleanup(self, state: State) -> None:
+        """--recover=cleanup: kill every checkpointed task that still runs, then start
+        afresh as a new agent (Mesos' `--recover=cleanup`)."""
+        specs: dict[str, list[RecoverSpec]] = {}
+        for key, record in state.tasks.items():
+            if record.containerizer in self._containerizers and not is_terminal(state.latest_state(key)):
+                spec = RecoverSpec(record.framework.id, self.agent_id, record.info, dict(record.handle))
+                specs.setdefault(record.containerizer, []).append(spec)
+        running: list[asyncio.Future[TaskExit]] = []
+        for name, batch in specs.items():
+            containerizer = self._containerizers[name]
+            for key, exited in (await containerizer.recover(batch)).items():
+                if not exited.done():
+                    running.append(exited)
+                    await containerizer.kill(key, 0.0)
+        if running:
+            await asyncio.wait(running)
+        logger.warning(
+            "--recover=cleanup: killed %d checkpointed tasks that still ran; registering as a new agent",
+            len(running),
+        )
+        self._start_afresh()
+        self.agent_id = ""
+        self._checkpoint.start(State(), self._boot_id)
+
     # -- the session's handler ---------------------------------------------------
 
     def registration(self) -> agent_pb2.Register:
@@ -154,7 +297,11 @@ class Agent:
             attributes=self.attributes,
             containerizers=list(self._containerizers),
             tasks=[
-                agent_pb2.TaskReport(framework_id=t.framework_id, task=t.info, state=t.state)
+                agent_pb2.TaskReport(
+                    framework_id=t.framework_id,
+                    task=t.info,
+                    state=self._updates.reported_state(t.key, t.state),
+                )
                 for t in self._tasks.values()
             ],
             version=corral.__version__,
@@ -239,6 +386,7 @@ class Agent:
                 continue
             task = _Task(framework_id, info, containerizer)
             self._tasks[key] = task
+            self._checkpoint.task(run.framework, info, name)
             batch.append(task)
         serial = [task for task in batch if not task.containerizer.concurrent_launches]
         if serial:
@@ -268,6 +416,7 @@ class Agent:
                 self._finish(task, TaskExit(exc.state, exc.reason, exc.message))
                 continue
             task.state = common_pb2.TASK_RUNNING
+            self._checkpoint.handle(task.key, dict(task.containerizer.handle(task.key)))
             self._report(task.framework_id, task.info.task_id, common_pb2.TASK_RUNNING)
             exited.add_done_callback(functools.partial(self._exited, task))
             if task.info.HasField("health_check") and not exited.done():
@@ -299,6 +448,7 @@ class Agent:
         if task.framework_removed:
             if self._tasks.get(task.key) is task:
                 del self._tasks[task.key]
+                self._checkpoint.forget(task.key)
             return
         self._report(
             task.framework_id,
@@ -405,6 +555,7 @@ class Agent:
             task.framework_removed = True
             if is_terminal(task.state):
                 del self._tasks[task.key]
+                self._checkpoint.forget(task.key)
             elif task.state != common_pb2.TASK_STAGING:
                 killed += 1
                 self._in_background(task.containerizer.kill(task.key, self._grace_period(task)))
@@ -461,6 +612,7 @@ class Agent:
         task = self._tasks.get(key)
         if task is not None and is_terminal(task.state):
             del self._tasks[key]
+            self._checkpoint.forget(key)
 
     async def _report_usage(self) -> None:
         while True:

@@ -26,6 +26,7 @@ from corral.resources import Resources
 ENV_PREFIX: Final = "CORRAL_AGENT_"
 ROOT_WORK_DIR: Final = Path("/var/lib/corral/agent")
 LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+RECOVER_MODES: Final = ("reconnect", "cleanup")
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,11 @@ class AgentConfig:
     kill_grace_period: float = setting(
         3.0, "seconds between SIGTERM and SIGKILL when a task's kill policy gives none"
     )
+    recover: str = setting(
+        "reconnect",
+        "after a restart: 'reconnect' re-adopts the checkpointed tasks and registers with the "
+        "same agent id; 'cleanup' kills them and registers as a new agent",
+    )
     log_level: str = setting("INFO", "DEBUG, INFO, WARNING or ERROR")
     log_json: bool = setting(False, "log JSON lines instead of text")
 
@@ -79,6 +85,8 @@ class AgentConfig:
             raise ConfigError(
                 f"kill_grace_period: must be a non-negative number of seconds, got {self.kill_grace_period}"
             )
+        if self.recover not in RECOVER_MODES:
+            raise ConfigError(f"recover: {self.recover!r} is not one of {', '.join(RECOVER_MODES)}")
         if self.log_level.upper() not in LOG_LEVELS:
             raise ConfigError(f"log_level: {self.log_level!r} is not one of {', '.join(LOG_LEVELS)}")
         try:

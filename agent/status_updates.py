@@ -11,15 +11,17 @@ Throughput comes from batching: whatever becomes ready to send during one turn o
 the event loop (many exits, many acknowledgements) leaves as one `StatusUpdates`
 message. Retries are batched the same way, by one timer for all tasks.
 
-Everything lives in memory for now. Durable checkpointing (a later issue) hooks
-into the two places where the queues change: `update` (append, before the update
-can be sent) and `acknowledge` (pop); a restarted agent then refills the queues
-from its checkpoint before it registers.
+Durability: the queues' changes go to a `Journal` (the agent's checkpoint) as they
+happen — `update` (append), `acknowledge` (pop), `forget_framework` — and a batch
+is sent only once the journal says its records are on disk, so an update is durable
+before it can be acknowledged. A restarted agent refills the queues with `restore`
+(same uuids) before it registers.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import heapq
 import logging
 import time
@@ -27,7 +29,7 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, Protocol
 
 from agent.containerizer import TaskKey
 from corral.states import is_terminal
@@ -45,6 +47,19 @@ RETRY_COALESCE: Final = 0.1
 SendUpdates = Callable[[list[common_pb2.TaskStatus]], None]
 
 
+class Journal(Protocol):
+    """Where the queues' changes are made durable (agent.checkpoint.Checkpoint)."""
+
+    def update(self, status: common_pb2.TaskStatus) -> None: ...
+
+    def acknowledge(self, key: TaskKey, update_uuid: bytes) -> None: ...
+
+    def forget_framework(self, framework_id: str) -> None: ...
+
+    def durable(self, callback: Callable[[], None]) -> None:
+        """Call `callback` once every change recorded so far is on disk."""
+
+
 @dataclass(slots=True, eq=False)
 class _Stream:
     """The queue of one task's unacknowledged updates; the head is the one in flight."""
@@ -54,6 +69,8 @@ class _Stream:
     #: Bumped whenever the head is (re)sent or popped, so that retry entries for an
     #: earlier send can be recognised as stale.
     generation: int = 0
+    #: The head has been sent at least once (or may have been, before a restart).
+    head_sent: bool = False
 
 
 class StatusUpdateManager:
@@ -72,8 +89,10 @@ class StatusUpdateManager:
         on_forget: Callable[[TaskKey], None],
         initial_retry: float = INITIAL_RETRY,
         max_retry: float = MAX_RETRY,
+        journal: Journal | None = None,
     ) -> None:
         self._send = send
+        self._journal = journal
         self._on_forget = on_forget
         self._initial_retry = initial_retry
         self._max_retry = max_retry
@@ -86,6 +105,8 @@ class StatusUpdateManager:
         self._retries: list[tuple[float, TaskKey, int]] = []
         self._retry_timer: asyncio.TimerHandle | None = None
         self._connected = False
+        #: The state of each task's last acknowledged update, while the task is known.
+        self._acked: dict[TaskKey, common_pb2.TaskState.ValueType] = {}
 
     # -- what the agent calls ------------------------------------------------
 
@@ -94,6 +115,8 @@ class StatusUpdateManager:
         status.uuid = uuid.uuid4().bytes
         if not status.timestamp:
             status.timestamp = time.time()
+        if self._journal is not None:
+            self._journal.update(status)
         key = (status.framework_id, status.task_id)
         stream = self._streams.get(key)
         if stream is None:
@@ -101,6 +124,35 @@ class StatusUpdateManager:
         stream.pending.append(status)
         if len(stream.pending) == 1:
             self._make_ready(key)
+
+    def restore(
+        self,
+        key: TaskKey,
+        pending: list[common_pb2.TaskStatus],
+        acked_state: common_pb2.TaskState.ValueType | None,
+    ) -> None:
+        """Refill one task's queue from the checkpoint, uuids unchanged, before the
+        agent registers. The head counts as sent: it may have been, before the restart."""
+        if acked_state is not None:
+            self._acked[key] = acked_state
+        if not pending:
+            return
+        stream = self._streams[key] = _Stream(backoff=self._initial_retry, head_sent=True)
+        stream.pending.extend(pending)
+
+    def reported_state(
+        self, key: TaskKey, current: common_pb2.TaskState.ValueType
+    ) -> common_pb2.TaskState.ValueType:
+        """The state to tell the master a task is in when registering: the newest
+        state it may have been sent, so that a registration never announces a state
+        whose reliable update has not left yet (the master would report it to the
+        framework twice: once from the registration, once from the update)."""
+        stream = self._streams.get(key)
+        if stream is None or not stream.pending:
+            return current
+        if stream.head_sent:
+            return stream.pending[0].state
+        return self._acked.get(key, common_pb2.TASK_STAGING)
 
     def acknowledge(self, framework_id: str, task_id: str, update_uuid: bytes) -> bool:
         """Pop the task's head if `update_uuid` is its uuid; False if it matches nothing
@@ -115,18 +167,27 @@ class StatusUpdateManager:
             )
             return False
         acked = stream.pending.popleft()
+        if self._journal is not None:
+            self._journal.acknowledge(key, update_uuid)
         stream.generation += 1
         stream.backoff = self._initial_retry
+        stream.head_sent = False
+        self._acked[key] = acked.state
         if stream.pending:
             self._make_ready(key)
             return True
         del self._streams[key]
         if is_terminal(acked.state):
+            del self._acked[key]
             self._on_forget(key)
         return True
 
     def forget_framework(self, framework_id: str) -> int:
         """Drop every queued update of a framework that was removed; return how many."""
+        if self._journal is not None:
+            self._journal.forget_framework(framework_id)
+        for key in [key for key in self._acked if key[0] == framework_id]:
+            del self._acked[key]
         keys = [key for key in self._streams if key[0] == framework_id]
         dropped = 0
         for key in keys:
@@ -189,15 +250,24 @@ class StatusUpdateManager:
             if stream is None or not stream.pending:
                 continue
             stream.generation += 1
+            stream.head_sent = True
             heapq.heappush(self._retries, (now + stream.backoff, key, stream.generation))
             batch.append(stream.pending[0])
             if len(batch) == MAX_BATCH:
-                self._send(batch)
+                self._emit(batch)
                 batch = []
         self._ready.clear()
         if batch:
-            self._send(batch)
+            self._emit(batch)
         self._arm_retry_timer()
+
+    def _emit(self, batch: list[common_pb2.TaskStatus]) -> None:
+        """Send once the updates are on disk: none may be acknowledged and then
+        forgotten by a crash."""
+        if self._journal is None:
+            self._send(batch)
+        else:
+            self._journal.durable(functools.partial(self._send, batch))
 
     def _arm_retry_timer(self) -> None:
         if not self._retries:

@@ -11,6 +11,18 @@ reaping, whatever the task left behind in its process group is SIGKILLed: the
 not-yet-reaped leader keeps the group id reserved, so the signal cannot reach a
 stranger that reused the id. That is Mesos' "destroy the container when the executor
 exits", by process group until cgroups come (a later issue).
+
+Recovery: `handle` records each task's pid, the process's start time (psutil's
+create_time) and its sandbox. A restarted agent re-adopts a task only when a
+process with that pid AND that start time still exists (a pid alone may have been
+reused), and watches it with a pidfd, which works for a process that is not the
+agent's child. The exit status of such a process is not the agent's to read
+(waitpid only works for children; init reaps it): the agent reads it from
+`/proc/<pid>/stat` when it catches the zombie, and otherwise reports the task
+TASK_FAILED with REASON_AGENT_RESTARTED and says the status is unknown. A task
+that ended while the agent was down is reported the same way. See
+docs/protocol.md, "Agent recovery and isolation", for why there is no supervising
+wrapper process.
 """
 
 from __future__ import annotations
@@ -23,7 +35,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -35,6 +47,7 @@ from agent.containerizer import (
     ContainerizerOptions,
     LaunchError,
     LaunchSpec,
+    RecoverSpec,
     TaskExit,
     TaskKey,
 )
@@ -54,6 +67,17 @@ RESERVED_ENV: Final = frozenset(
     {"CORRAL_TASK_ID", "CORRAL_FRAMEWORK_ID", "CORRAL_AGENT_ID", "CORRAL_SANDBOX"}
 )
 _HAVE_PIDFD: Final = hasattr(os, "pidfd_open")
+#: Seconds between checks of a re-adopted process on kernels without pidfds.
+ADOPTED_POLL_INTERVAL: Final = 1.0
+#: What a re-adopted task's end says when its exit status could not be read.
+UNKNOWN_EXIT: Final = (
+    "the task ended after the agent restarted; its exit status is unknown (the agent is no "
+    "longer its parent process)"
+)
+ENDED_WHILE_DOWN: Final = (
+    "the task ended while the agent was down; its exit status is unknown (the agent was not "
+    "there to collect it)"
+)
 
 
 class _Child(subprocess.Popen[bytes]):
@@ -73,7 +97,10 @@ class _Process:
     """One running task."""
 
     key: TaskKey
-    child: _Child
+    pid: int
+    #: None for a process re-adopted after an agent restart: not our child.
+    child: _Child | None
+    sandbox: Path
     exited: asyncio.Future[TaskExit]
     log_context: dict[str, str]
     pidfd: int | None = None
@@ -81,10 +108,8 @@ class _Process:
     grace_period: float = 0.0
     escalation: asyncio.TimerHandle | None = None
     escalated: bool = False
-
-    @property
-    def pid(self) -> int:
-        return self.child.pid
+    #: psutil's create_time of the process, read when first checkpointed.
+    start_time: float | None = None
 
 
 class ProcessContainerizer(Containerizer):
@@ -182,7 +207,14 @@ class ProcessContainerizer(Containerizer):
             os.close(stdout)
             os.close(stderr)
 
-        proc = _Process(key=key, child=child, exited=self._loop.create_future(), log_context=context)
+        proc = _Process(
+            key=key,
+            pid=child.pid,
+            child=child,
+            sandbox=sandbox,
+            exited=self._loop.create_future(),
+            log_context=context,
+        )
         self._processes[key] = proc
         self._watch(proc)
         logger.debug("started pid %d in %s", child.pid, sandbox, extra=context)
@@ -217,11 +249,23 @@ class ProcessContainerizer(Containerizer):
             else:
                 self._loop.add_reader(proc.pidfd, self._on_pidfd_readable, proc)
                 return
+        if proc.child is None:
+            # Not our child, so waitpid cannot wait for it: poll instead.
+            self._loop.call_later(ADOPTED_POLL_INTERVAL, self._poll_adopted, proc)
+            return
         # What asyncio's ThreadedChildWatcher did (deprecated in 3.12, gone in 3.14):
         # one thread blocked in waitpid, for kernels without pidfds (before 5.3).
         threading.Thread(
             target=self._wait_in_thread, args=(proc,), name=f"waitpid-{proc.pid}", daemon=True
         ).start()
+
+    def _poll_adopted(self, proc: _Process) -> None:
+        if self._processes.get(proc.key) is not proc:
+            return  # Finished or closed meanwhile.
+        if proc.start_time is not None and _same_process(proc.pid, proc.start_time):
+            self._loop.call_later(ADOPTED_POLL_INTERVAL, self._poll_adopted, proc)
+        else:
+            self._on_adopted_exit(proc)
 
     def _wait_in_thread(self, proc: _Process) -> None:
         """Runs in the fallback thread: reap the child, hand its status to the loop."""
@@ -236,6 +280,9 @@ class ProcessContainerizer(Containerizer):
             logger.debug("pid %d ended after the event loop closed", proc.pid, extra=proc.log_context)
 
     def _on_pidfd_readable(self, proc: _Process) -> None:
+        if proc.child is None:
+            self._on_adopted_exit(proc)
+            return
         try:
             # Peek (WNOWAIT) so that the leader stays a zombie, holding its group
             # id, while the rest of its group is killed.
@@ -254,6 +301,14 @@ class ProcessContainerizer(Containerizer):
             self._finish(proc, None)
         else:
             self._finish(proc, os.waitstatus_to_exitcode(status))
+
+    def _on_adopted_exit(self, proc: _Process) -> None:
+        """A re-adopted process ended. Its parent (init, or a subreaper) reaps it: the
+        exit code is read from the zombie's /proc entry if it is still there."""
+        returncode = _zombie_exit_code(proc.pid)
+        self._unwatch(proc)
+        self._signal_group(proc, signal.SIGKILL)
+        self._finish(proc, returncode)
 
     def _on_reaped(self, proc: _Process, returncode: int | None) -> None:
         """The fallback thread's result, on the loop. The leader is reaped already, so
@@ -349,6 +404,58 @@ class ProcessContainerizer(Containerizer):
             usage.processes += 1
         return totals
 
+    # -- recovery -----------------------------------------------------------
+
+    def handle(self, key: TaskKey) -> Mapping[str, str]:
+        proc = self._processes.get(key)
+        if proc is None:
+            return {}
+        if proc.start_time is None:
+            try:
+                proc.start_time = psutil.Process(proc.pid).create_time()
+            except psutil.Error:
+                return {}  # It ended already: there is nothing to re-adopt.
+        return {"pid": str(proc.pid), "start_time": repr(proc.start_time), "sandbox": str(proc.sandbox)}
+
+    async def recover(self, tasks: Sequence[RecoverSpec]) -> dict[TaskKey, asyncio.Future[TaskExit]]:
+        results: dict[TaskKey, asyncio.Future[TaskExit]] = {}
+        for spec in tasks:
+            context = {"framework_id": spec.framework_id, "task_id": spec.task.task_id}
+            future: asyncio.Future[TaskExit] = self._loop.create_future()
+            results[spec.key] = future
+            try:
+                pid = int(spec.handle["pid"])
+                start_time = float(spec.handle["start_time"])
+                sandbox = Path(spec.handle["sandbox"])
+            except (KeyError, ValueError):
+                future.set_result(
+                    TaskExit(
+                        common_pb2.TASK_LOST,
+                        common_pb2.REASON_AGENT_RESTARTED,
+                        "the agent restarted before it recorded the task's process",
+                    )
+                )
+                continue
+            if not _same_process(pid, start_time):
+                logger.info("pid %d is gone: the task ended while the agent was down", pid, extra=context)
+                future.set_result(
+                    TaskExit(common_pb2.TASK_FAILED, common_pb2.REASON_AGENT_RESTARTED, ENDED_WHILE_DOWN)
+                )
+                continue
+            proc = _Process(
+                key=spec.key,
+                pid=pid,
+                child=None,
+                sandbox=sandbox,
+                exited=future,
+                log_context=context,
+                start_time=start_time,
+            )
+            self._processes[spec.key] = proc
+            self._watch(proc)
+            logger.info("re-adopted pid %d", pid, extra=context)
+        return results
+
     # -- shutdown -----------------------------------------------------------
 
     async def close(self) -> None:
@@ -443,8 +550,37 @@ def _describe(returncode: int) -> str:
     return f"killed by signal {name} ({number})"
 
 
+def _same_process(pid: int, start_time: float) -> bool:
+    """Whether `pid` is still the process that started at `start_time`, and alive."""
+    try:
+        process = psutil.Process(pid)
+        return abs(process.create_time() - start_time) < 0.01 and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def _zombie_exit_code(pid: int) -> int | None:
+    """The exit status of a zombie that is not our child, from /proc/<pid>/stat
+    (field 52, exit_code, Linux 3.5+), if its parent has not reaped it yet."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as file:
+            stat = file.read()
+    except OSError:
+        return None
+    fields = stat[stat.rfind(b")") + 2 :].split()
+    # fields[0] is field 3 (state); exit_code is field 52.
+    if len(fields) < 50 or fields[0] != b"Z":
+        return None
+    try:
+        return os.waitstatus_to_exitcode(int(fields[49]))
+    except ValueError:
+        return None
+
+
 def _outcome(proc: _Process, returncode: int | None) -> TaskExit:
     exit_code = returncode if returncode is not None and returncode >= 0 else None
+    if returncode is None and proc.child is None and not proc.kill_requested:
+        return TaskExit(common_pb2.TASK_FAILED, common_pb2.REASON_AGENT_RESTARTED, UNKNOWN_EXIT)
     if returncode is None:
         detail = "its exit status was lost: another process reaped it"
     else:
