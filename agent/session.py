@@ -32,6 +32,8 @@ MAX_BACKOFF: Final = 5.0
 REGISTRATION_TIMEOUT: Final = 15.0
 #: Used when the master's Registered names no usable heartbeat interval.
 DEFAULT_HEARTBEAT_INTERVAL: Final = 5.0
+#: The longest pause between attempts while masters answer "not the leader".
+STANDBY_BACKOFF: Final = 0.4
 #: Trailing metadata with which a standby master names the leader.
 LEADER_METADATA_KEY: Final = "x-leader-addr"
 
@@ -81,6 +83,7 @@ class Session:
         self._outbound: _Outbound | None = None
         #: The leader a standby master named in its refusal (tried next).
         self._redirect: str | None = None
+        self._standby_refused = False
 
     @property
     def registered(self) -> bool:
@@ -109,6 +112,11 @@ class Session:
                 # Never got registered there: try the next master (or, when a
                 # standby named the leader, that one next).
                 index += 1
+            if self._standby_refused:
+                # A master answered but does not lead: an election is under way
+                # or just ended, so keep trying briskly.
+                backoff = min(backoff, STANDBY_BACKOFF)
+                self._standby_refused = False
             delay = min(backoff * random.uniform(0.5, 1.5), self._max_backoff)
             logger.info("reconnecting to a master in %.2f s", delay)
             await asyncio.sleep(delay)
@@ -171,6 +179,7 @@ class Session:
         except grpc.aio.AioRpcError as exc:
             logger.warning("stream to master %s ended: %s %s", address, exc.code().name, exc.details())
             self._redirect = _leader_hint(exc, address)
+            self._standby_refused = exc.code() == grpc.StatusCode.FAILED_PRECONDITION
             return registered
         except asyncio.InvalidStateError as exc:
             # What a write to a stream that has finished raises (not AioRpcError).

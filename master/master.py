@@ -987,6 +987,14 @@ class Master:
             known = framework.tasks.get(item.task_id) or framework.completed.get(item.task_id)
             if known is not None:
                 self._send_update(framework, self._reconciled(known))
+            elif item.agent_id in self.agents and self.agents[item.agent_id].status == UNREACHABLE:
+                # As in Mesos: the task may run on an agent that is unreachable
+                # (after a failover: one that has not come back yet); it is not
+                # lost, and is reconciled when the agent returns.
+                status = self._lost(framework.id, item.task_id, item.agent_id)
+                status.state = common_pb2.TASK_UNREACHABLE
+                status.message = f"agent {item.agent_id} is unreachable"
+                self._send_update(framework, status)
             elif not self._may_still_report(item.agent_id):
                 self._send_update(framework, self._lost(framework.id, item.task_id, item.agent_id))
             # Otherwise no answer yet, as in Mesos: the agent that may run the

@@ -66,7 +66,23 @@ def add_master_argument(parser: argparse.ArgumentParser, default: str) -> None:
 
 
 def fetch_state(address: str, timeout: float = RPC_TIMEOUT) -> operator_pb2.State:
-    """The master's view of the cluster, or CliError when it cannot be had in time."""
+    """The leading master's view of the cluster, or CliError when it cannot be had in time.
+
+    A standby answers too, naming the leader: its view is then replaced by the
+    leader's (when the leader answers; otherwise the standby's is returned,
+    with `leading` false, for the caller to flag as possibly stale).
+    """
+    state = _get_state(address, timeout)
+    hint = state.leader.address
+    if not state.leading and hint and hint != address:
+        try:
+            return _get_state(hint, timeout)
+        except CliError:
+            return state
+    return state
+
+
+def _get_state(address: str, timeout: float) -> operator_pb2.State:
     with net.channel(address) as channel:
         stub = operator_pb2_grpc.OperatorServiceStub(channel)
         try:

@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 
 import corral
 from corral import logs
-from corral.cli import common, logs as logs_cli, run, state, up
+from corral.cli import common, leader, logs as logs_cli, run, state, up
 
 DESCRIPTION = """\
 Operate a Corral cluster.
@@ -23,6 +23,7 @@ Operate a Corral cluster.
   corral agents               list the agents of a running cluster
   corral run -- echo hi       run one command as a task
   corral logs -f TASK_ID      follow a task's output
+  corral leader               which master leads (replicated masters)
 """
 
 
@@ -45,6 +46,7 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     run.register(subparsers, default_master)
     state.register(subparsers, default_master)
     logs_cli.register(subparsers, default_master)
+    leader.register(subparsers, default_master)
     return parser
 
 

@@ -6,18 +6,23 @@ Every test runs real `master` (and `agent`) processes and a real etcd on
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import signal
 import subprocess
 import sys
+from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
 
-from corral.testing import Cluster, EtcdServer, wait_for
-from corral.v1 import registry_pb2, scheduler_pb2, scheduler_pb2_grpc
+from corral.states import is_terminal
+from corral.testing import Cluster, EtcdServer, Process, wait_for
+from corral.v1 import common_pb2, registry_pb2, scheduler_pb2, scheduler_pb2_grpc
+from frameworks import CallError, NotSubscribed, Scheduler, SchedulerDriver, TaskSpec, pack
 from tests.integration.test_etcd_adapter import require_etcd
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -203,3 +208,131 @@ def test_a_registry_from_a_newer_version_is_refused(cluster: Cluster, etcd_serve
         check=True,
     ).stdout
     assert stored.rstrip(b"\n") == newer
+
+
+class Workload(Scheduler):
+    """Launches `total` short tasks, each appending its id to `runs` when it runs,
+    and reconciles what has not ended after every (re)subscription."""
+
+    def __init__(self, total: int, runs: Path) -> None:
+        self.total = total
+        self.runs = runs
+        #: task id -> agent id, for every task accepted.
+        self.launched: dict[str, str] = {}
+        #: task id -> every terminal state reported for it.
+        self.terminal: dict[str, list[int]] = defaultdict(list)
+        self.subscriptions = 0
+        self.done = asyncio.Event()
+        self.third_done = asyncio.Event()
+
+    def pending(self) -> list[tuple[str, str]]:
+        return [(task, agent) for task, agent in self.launched.items() if task not in self.terminal]
+
+    async def subscribed(self, driver: SchedulerDriver, framework_id: str) -> None:
+        self.subscriptions += 1
+        if self.pending():
+            await driver.reconcile(self.pending())
+
+    async def offers(self, driver: SchedulerDriver, offers: list[scheduler_pb2.Offer]) -> None:
+        want = self.total - len(self.launched)
+        specs = [
+            TaskSpec(f"echo {task_id} >> {self.runs}; sleep 0.3", cpus=0.1, mem=16, task_id=task_id)
+            for task_id in (f"load{len(self.launched) + i}" for i in range(want))
+        ]
+        packing = pack(offers, specs)
+        if packing.tasks:
+            for task in packing.tasks:
+                self.launched[task.task_id] = task.agent_id
+            await driver.accept(packing.offer_ids, packing.tasks, refuse_seconds=0)
+        if packing.leftover_offer_ids:
+            await driver.decline(packing.leftover_offer_ids, refuse_seconds=0 if want else 60)
+
+    def update(self, driver: SchedulerDriver, status: common_pb2.TaskStatus) -> None:
+        if is_terminal(status.state):
+            self.terminal[status.task_id].append(status.state)
+            if len(self.terminal) >= self.total // 3:
+                self.third_done.set()
+            if len(self.terminal) >= self.total:
+                self.done.set()
+
+
+def test_failover_under_load_loses_and_duplicates_no_task(cluster: Cluster, etcd_server: EtcdServer) -> None:
+    """Kill -9 the leader while a framework runs hundreds of short tasks: every
+    task ends exactly once, as reported to the framework, none runs twice, and
+    every agent re-registers with the new leader."""
+    total = 300
+    cluster.start_masters(3, etcd_server.url, ttl=TTL)
+    old = cluster.wait_leader()
+    for _ in range(3):
+        cluster.start_agent(resources="cpus:4;mem:4096;disk:1024")
+    cluster.wait_agents(3)
+    runs = cluster.root / "runs.log"
+    workload = Workload(total, runs)
+
+    async def main() -> Process:
+        driver = SchedulerDriver(workload, master=cluster.master_address, name="load", failover_timeout=120)
+        runner = asyncio.create_task(driver.run())
+
+        async def reconcile_now_and_then() -> None:
+            while True:
+                await asyncio.sleep(2)
+                with contextlib.suppress(NotSubscribed, CallError):
+                    if driver.subscribed and workload.pending():
+                        await driver.reconcile(workload.pending())
+
+        reconciler = asyncio.create_task(reconcile_now_and_then())
+        try:
+            await asyncio.wait_for(workload.third_done.wait(), 60)
+            assert not workload.done.is_set()
+            old.signal(signal.SIGKILL)
+            new = await asyncio.to_thread(cluster.wait_leader, TTL + MARGIN)
+            await asyncio.wait_for(workload.done.wait(), 120)
+            return new
+        finally:
+            reconciler.cancel()
+            await driver.teardown()
+            runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await runner
+
+    new = asyncio.run(main())
+    assert new is not old
+    assert workload.subscriptions >= 2
+    assert len(workload.launched) == total
+    ran = runs.read_text().split()
+    assert len(ran) == len(set(ran)), "a task ran twice"
+    for task_id in workload.launched:
+        states = set(workload.terminal[task_id])
+        assert len(states) == 1, f"{task_id}: terminal states {states}"
+        if task_id in ran:
+            assert states == {common_pb2.TASK_FINISHED}, f"{task_id} ran but ended {states}"
+    cluster.wait_agents(3)
+
+
+def corral_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "corral", *args], capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+def test_corral_leader_and_the_cli_follow_the_leader_from_a_standby(
+    cluster: Cluster, etcd_server: EtcdServer
+) -> None:
+    masters = cluster.start_masters(2, etcd_server.url, ttl=TTL)
+    leader = cluster.wait_leader()
+    standby = next(p for p in masters if p is not leader)
+    cluster.start_agent()
+    cluster.wait_agents(1)
+
+    asked = corral_cli("leader", "--master", standby.address)
+    assert asked.returncode == 0, asked.stderr
+    assert asked.stdout.startswith(f"{leader.address} (master-")
+    assert "term " in asked.stdout
+    from_etcd = corral_cli("leader", "--etcd", etcd_server.url)
+    assert from_etcd.returncode == 0, from_etcd.stderr
+    assert from_etcd.stdout.startswith(f"{leader.address} (master-")
+    # `corral agents` asked at the standby shows the leader's (current) view.
+    agents = corral_cli("agents", "--master", standby.address)
+    assert agents.returncode == 0, agents.stderr
+    assert "agent1" in agents.stdout
+    assert "not the leader" not in agents.stderr
