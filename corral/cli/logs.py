@@ -16,6 +16,7 @@ import grpc
 from corral import net
 from corral.cli import common
 from corral.v1 import operator_pb2, operator_pb2_grpc
+from frameworks.sdk.driver import LEADER_METADATA_KEY
 
 #: Seconds a read without --follow may take in all (a following read has no end).
 READ_TIMEOUT: Final = 60.0
@@ -76,17 +77,40 @@ def handle(args: argparse.Namespace) -> int:
 
 
 def stream(address: str, request: operator_pb2.ReadTaskLogRequest, out: BinaryIO) -> None:
-    """Copy the task's log to `out` as it arrives; CliError when the master says no."""
+    """Copy the task's log to `out` as it arrives; CliError when the master says no.
+
+    A standby master refuses, naming the leader (`x-leader-addr`): the read is
+    asked again there, once, before anything was written.
+    """
+    try:
+        _stream(address, request, out)
+    except _NotLeader as refusal:
+        _stream(refusal.leader, request, out)
+
+
+class _NotLeader(Exception):
+    def __init__(self, leader: str) -> None:
+        super().__init__(leader)
+        self.leader = leader
+
+
+def _stream(address: str, request: operator_pb2.ReadTaskLogRequest, out: BinaryIO) -> None:
     timeout = None if request.follow else READ_TIMEOUT
+    wrote = False
     with net.channel(address) as channel:
         stub = operator_pb2_grpc.OperatorServiceStub(channel)
         try:
             for chunk in stub.ReadTaskLog(request, timeout=timeout):
                 out.write(chunk.data)
                 out.flush()
+                wrote = True
         except grpc.RpcError as error:
-            code = error.code() if isinstance(error, grpc.Call) else None
-            details = (error.details() if isinstance(error, grpc.Call) else None) or str(error)
+            if not isinstance(error, grpc.Call):
+                raise common.rpc_failure(address, None, str(error), timeout or 0.0) from None
+            code, details = error.code(), error.details() or ""
+            leader = dict(error.trailing_metadata() or ()).get(LEADER_METADATA_KEY, "")
+            if code == grpc.StatusCode.FAILED_PRECONDITION and leader and leader != address and not wrote:
+                raise _NotLeader(str(leader)) from None
             # The master names the agent when the agent (not the master) cannot be reached.
             if code in _TASK_CODES or (code == grpc.StatusCode.UNAVAILABLE and details.startswith("agent ")):
                 raise common.CliError(details) from None

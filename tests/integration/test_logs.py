@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
 
-from corral.testing import Cluster
+from corral.testing import Cluster, EtcdServer
 from corral.v1 import common_pb2, operator_pb2, operator_pb2_grpc
 from frameworks import SchedulerDriver, TaskSpec
 from tests.integration.test_end_to_end import Recorder, with_driver
+from tests.integration.test_etcd_adapter import require_etcd
 
 pytestmark = pytest.mark.integration
 
@@ -37,15 +39,23 @@ async def corral(*args: str, timeout: float = 30) -> tuple[int, bytes, str]:
 
 def read_log(cluster: Cluster, **request: object) -> bytes:
     """ReadTaskLog without --follow, as bytes; raises grpc.RpcError when refused."""
-    with grpc.insecure_channel(cluster.master_address) as channel:
+    return read_log_at(cluster.master_address, **request)
+
+
+def read_log_at(address: str, **request: object) -> bytes:
+    with grpc.insecure_channel(address) as channel:
         stub = operator_pb2_grpc.OperatorServiceStub(channel)
         chunks = stub.ReadTaskLog(operator_pb2.ReadTaskLogRequest(**request), timeout=10)  # type: ignore[arg-type]
         return b"".join(c.data for c in chunks)
 
 
 def refused(cluster: Cluster, **request: object) -> tuple[grpc.StatusCode, str]:
+    return refused_at(cluster.master_address, **request)
+
+
+def refused_at(address: str, **request: object) -> tuple[grpc.StatusCode, str]:
     with pytest.raises(grpc.RpcError) as info:
-        read_log(cluster, **request)
+        read_log_at(address, **request)
     error = info.value
     assert isinstance(error, grpc.Call)
     return error.code(), error.details() or ""
@@ -175,3 +185,34 @@ def test_cli_errors_are_one_line_with_a_failure_status(cluster: Cluster) -> None
         assert code == 2 and "positive" in err
 
     asyncio.run(run())
+
+
+@pytest.fixture
+def etcd(tmp_path: Path) -> Iterator[EtcdServer]:
+    server = EtcdServer(tmp_path / "etcd", require_etcd())
+    try:
+        server.start()
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.mark.slow
+def test_logs_asked_of_a_standby_master_are_read_through_the_leader(
+    cluster: Cluster, etcd: EtcdServer
+) -> None:
+    masters = cluster.start_masters(2, etcd.url)
+    leader = cluster.wait_leader()
+    standby = next(m for m in masters if m is not leader)
+    cluster.start_agent()
+    cluster.wait_agents(1)
+    recorder = Recorder([TaskSpec("echo from the task", task_id="quiet")])
+
+    async def body(driver: SchedulerDriver) -> None:
+        await recorder.until(lambda: recorder.in_state("quiet", S.TASK_FINISHED), what="FINISHED")
+        # The standby refuses, naming the leader; the CLI asks the leader instead.
+        code, details = refused_at(standby.address, task_id="quiet")
+        assert code == grpc.StatusCode.FAILED_PRECONDITION and "not the leader" in details
+        assert await corral("logs", "quiet", "--master", standby.address) == (0, b"from the task\n", "")
+
+    asyncio.run(with_driver(recorder, cluster.master_address, body, name="logs"))
