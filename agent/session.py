@@ -32,7 +32,8 @@ MAX_BACKOFF: Final = 5.0
 REGISTRATION_TIMEOUT: Final = 15.0
 #: Used when the master's Registered names no usable heartbeat interval.
 DEFAULT_HEARTBEAT_INTERVAL: Final = 5.0
-#: The longest pause between attempts while masters answer "not the leader".
+#: The longest pause between attempts while masters answer "not the leader",
+#: or when several masters are configured (a failover is likely under way).
 STANDBY_BACKOFF: Final = 0.4
 #: Trailing metadata with which a standby master names the leader.
 LEADER_METADATA_KEY: Final = "x-leader-addr"
@@ -112,9 +113,11 @@ class Session:
                 # Never got registered there: try the next master (or, when a
                 # standby named the leader, that one next).
                 index += 1
-            if self._standby_refused:
-                # A master answered but does not lead: an election is under way
-                # or just ended, so keep trying briskly.
+            if self._standby_refused or len(self._masters) > 1:
+                # A master answered but does not lead, or one of several masters
+                # is gone: an election is under way or just ended (the leader
+                # named may still be the dead one until its lease expires), so
+                # keep trying briskly.
                 backoff = min(backoff, STANDBY_BACKOFF)
                 self._standby_refused = False
             delay = min(backoff * random.uniform(0.5, 1.5), self._max_backoff)

@@ -41,6 +41,8 @@ DEFAULT_HEARTBEAT_INTERVAL: Final = 15.0
 MISSED_HEARTBEATS: Final = 5
 BACKOFF_INITIAL: Final = 0.1
 BACKOFF_MAX: Final = 5.0
+#: The longest backoff when several masters are given (replicated masters).
+BACKOFF_MAX_REPLICATED: Final = 0.5
 #: Trailing metadata with which a standby master names the leader.
 LEADER_METADATA_KEY: Final = "x-leader-addr"
 
@@ -173,8 +175,8 @@ class SchedulerDriver:
 
         A broken or silent stream (no event for 5 heartbeat intervals) calls
         `disconnected`, then resubscribes with the same framework id after a
-        backoff (0.1 s doubling to 5 s, jittered), trying the masters in
-        turn, for as long as it takes. A Subscribe the master refuses for
+        backoff (0.1 s doubling to 5 s, or to 0.5 s with several masters;
+        jittered), trying the masters in turn, for as long as it takes. A Subscribe the master refuses for
         good (e.g. NOT_FOUND: the framework was torn down) raises `CallError`;
         an exception from a callback is re-raised.
 
@@ -197,7 +199,9 @@ class SchedulerDriver:
                     delay = BACKOFF_INITIAL
                     await self._invoke(self._scheduler.disconnected)
                 await self._pause(delay * random.uniform(0.5, 1.0))
-                delay = min(delay * 2, BACKOFF_MAX)
+                # With several masters a failover is likely under way (a standby
+                # may still name the dead leader until its lease expires): retry briskly.
+                delay = min(delay * 2, BACKOFF_MAX if len(self._addresses) == 1 else BACKOFF_MAX_REPLICATED)
         except asyncio.CancelledError:
             if teardown_on_cancel and not self._gone:
                 log.error(
