@@ -143,6 +143,11 @@ class RunningMaster:
     async def _lead_forever(self) -> None:
         """Campaign, lead until leadership is lost, step down; again and again."""
         while True:
+            if self.master is not None:
+                # Already in office (a single master takes it in `start`): a
+                # second campaign would build a second state machine beside it.
+                await self._hold_office()
+                continue
             leader = await self.election.campaign()
             try:
                 await self.take_office(leader)
@@ -155,16 +160,20 @@ class RunningMaster:
                 logger.warning("elected, but the registry could not be read: %s", exc)
                 await self.election.resign()
                 continue
-            assert self.master is not None
-            lost = asyncio.ensure_future(self.election.wait_lost())
-            fenced = asyncio.ensure_future(self._fenced.wait())
-            try:
-                await asyncio.wait([lost, fenced], return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                fenced.cancel()
-                lost.cancel()
-            reason = lost.result() if lost.done() and not lost.cancelled() else "a registry write was fenced"
-            await self.leave_office(reason)
+            await self._hold_office()
+
+    async def _hold_office(self) -> None:
+        """Lead until leadership is lost or a registry write is fenced, then step down."""
+        assert self.master is not None
+        lost = asyncio.ensure_future(self.election.wait_lost())
+        fenced = asyncio.ensure_future(self._fenced.wait())
+        try:
+            await asyncio.wait([lost, fenced], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            fenced.cancel()
+            lost.cancel()
+        reason = lost.result() if lost.done() and not lost.cancelled() else "a registry write was fenced"
+        await self.leave_office(reason)
 
     async def stop(self, grace: float = 1.0) -> None:
         if self._leading_task is not None:

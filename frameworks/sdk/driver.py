@@ -350,8 +350,8 @@ class SchedulerDriver:
         """Run a callback for an event of the current subscription.
 
         A call the callback makes can fail only because that subscription
-        ended meanwhile (the master failed over or restarted): UNAVAILABLE,
-        or PERMISSION_DENIED for the stale stream id. That is no bug of the
+        ended meanwhile (the master failed over, restarted or stalled): see
+        `_SUBSCRIPTION_LOST_CODES`. That is no bug of the
         framework's, so it does not stop the driver: the driver resubscribes,
         `disconnected` is called, and fresh offers follow.
         """
@@ -625,8 +625,18 @@ async def _next(
     return item
 
 
-#: What a call fails with when the subscription it was made on has ended.
-_SUBSCRIPTION_LOST_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.PERMISSION_DENIED})
+#: What a call fails with when the subscription it was made on has ended: the
+#: master is gone or going (UNAVAILABLE; CANCELLED by a server shutting down;
+#: DEADLINE_EXCEEDED from one that stopped answering) or no longer knows the
+#: stream id (PERMISSION_DENIED).
+_SUBSCRIPTION_LOST_CODES = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.CANCELLED,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.PERMISSION_DENIED,
+    }
+)
 
 
 def _filters(refuse_seconds: float | None) -> scheduler_pb2.Filters:

@@ -37,6 +37,8 @@ class Recorder(Scheduler):
         self.framework_id = ""
         self.errors: list[str] = []
         self.changed = asyncio.Event()
+        #: The task running the driver, set by `with_driver`.
+        self.runner: asyncio.Task[None] | None = None
 
     def subscribed(self, driver: SchedulerDriver, framework_id: str) -> None:
         self.framework_id = framework_id
@@ -76,6 +78,10 @@ class Recorder(Scheduler):
     async def until(self, condition: Callable[[], Any], timeout: float = 20.0, what: str = "") -> Any:
         async def loop() -> Any:
             while not (result := condition()):
+                if self.runner is not None and self.runner.done():
+                    # The driver stopped: say why instead of waiting for nothing.
+                    self.runner.result()
+                    raise AssertionError(f"the driver stopped while waiting for {what}")
                 self.changed.clear()
                 await self.changed.wait()
             return result
@@ -97,6 +103,8 @@ async def with_driver(
 ) -> None:
     driver = SchedulerDriver(recorder, master=address, **driver_kwargs)
     runner = asyncio.create_task(driver.run())
+    recorder.runner = runner
+    runner.add_done_callback(lambda _: recorder.changed.set())
     try:
         await recorder.until(lambda: recorder.framework_id or runner.done(), what="SUBSCRIBED")
         await body(driver)
