@@ -90,6 +90,8 @@ class _Container:
     exited: asyncio.Future[TaskExit]
     log_context: dict[str, str]
     mem_limit: int = 0
+    #: The container's main process on this host, once usage looked it up.
+    pid: int = 0
     kill_requested: bool = False
     grace_period: float = 0.0
     escalation: asyncio.TimerHandle | None = None
@@ -378,28 +380,41 @@ class DockerContainerizer(Containerizer):
         return await self._loop.run_in_executor(self._pool, self._sample, entries)
 
     def _sample(self, entries: list[_Container]) -> dict[TaskKey, common_pb2.ResourceUsage]:
+        """In the pool: one pass over the host's processes serves every container."""
+        for entry in entries:
+            if entry.pid <= 0:
+                try:
+                    entry.pid = int(self._api.inspect_container(entry.container_id)["State"]["Pid"])
+                except _ENGINE_ERRORS:
+                    continue  # Ended or unreachable: no figure this round.
+        roots = {entry.pid: entry.key for entry in entries if entry.pid > 0}
+        if not roots:
+            return {}
+        children: dict[int, list[int]] = {}
+        for process in psutil.process_iter(["ppid"]):
+            children.setdefault(process.info["ppid"] or 0, []).append(process.pid)
         now = time.time()
         result: dict[TaskKey, common_pb2.ResourceUsage] = {}
-        for entry in entries:
-            try:
-                pid = int(self._api.inspect_container(entry.container_id)["State"]["Pid"])
-            except _ENGINE_ERRORS:
-                continue  # Ended or unreachable: no figure this round.
-            if pid <= 0:
-                continue
+        for root, key in roots.items():
             usage = common_pb2.ResourceUsage(timestamp=now)
-            for process in _tree(pid):
+            tree = [root]
+            while tree:
+                pid = tree.pop()
+                tree.extend(children.get(pid, ()))
                 try:
+                    process = psutil.Process(pid)
                     with process.oneshot():
                         cpu = process.cpu_times()
                         rss = process.memory_info().rss
                 except psutil.Error:
-                    continue
+                    continue  # It ended while we looked.
+                # children_* holds the cpu of reaped children, which are no longer listed.
                 usage.cpu_user_seconds += cpu.user + cpu.children_user
                 usage.cpu_system_seconds += cpu.system + cpu.children_system
                 usage.mem_rss_bytes += rss
                 usage.processes += 1
-            result[entry.key] = usage
+            if usage.processes:
+                result[key] = usage
         return result
 
     # -- recovery -----------------------------------------------------------
@@ -680,14 +695,6 @@ def _write_all(fd: int, data: bytes) -> None:
     while view:
         written = os.write(fd, view)
         view = view[written:]
-
-
-def _tree(pid: int) -> list[psutil.Process]:
-    try:
-        root = psutil.Process(pid)
-        return [root, *root.children(recursive=True)]
-    except psutil.Error:
-        return []
 
 
 def _outcome(entry: _Container, state: Mapping[str, Any] | None) -> TaskExit:

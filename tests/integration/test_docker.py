@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import urllib.request
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable, Iterator
@@ -55,7 +56,7 @@ def engine() -> Iterator[docker.APIClient]:
     client.close()
 
 
-AGENT_FLAGS = ("--containerizers", "process,docker", "--kill-grace-period", "1")
+AGENT_FLAGS = ("--containerizers", "process,docker", "--kill-grace-period", "1", "--usage-interval", "0.5")
 
 
 @pytest.fixture
@@ -217,7 +218,7 @@ def test_a_docker_task_runs_writes_its_sandbox_and_ends_with_its_exit_code(
     wait_for(lambda: not ours(engine, cluster.root), what="the ended containers to be removed")
 
 
-def test_a_mapped_port_is_reachable_from_the_host_on_loopback(docker_cluster: Cluster) -> None:
+def test_a_mapped_port_is_reachable_on_loopback_and_usage_is_reported(docker_cluster: Cluster) -> None:
     cluster = docker_cluster
     web = TaskSpec(
         "echo served-by-$CORRAL_TASK_ID > /tmp/index.html && exec httpd -f -p 8080 -h /tmp",
@@ -232,11 +233,19 @@ def test_a_mapped_port_is_reachable_from_the_host_on_loopback(docker_cluster: Cl
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/index.html", timeout=2) as response:
             return str(response.read().decode())
 
+    def web_usage() -> common_pb2.ResourceUsage | None:
+        for task in cluster.state().tasks:
+            if task.task.task_id == "web" and task.usage.processes >= 1:
+                return task.usage
+        return None
+
     async def body(driver: SchedulerDriver) -> None:
         await framework.until(lambda: framework.running("web") or framework.ended("web"), what="web RUNNING")
         assert framework.running("web"), framework.last("web")
         page = await asyncio.to_thread(wait_for, fetch, 20.0, "the mapped port to answer")
         assert page == "served-by-web\n"
+        usage = await asyncio.to_thread(wait_for, web_usage, 20.0, "web's usage at the master")
+        assert usage.mem_rss_bytes > 0
         await driver.kill("web")
         await framework.until(lambda: framework.ended("web"), what="web killed")
 
@@ -344,3 +353,57 @@ def test_hostile_image_names_and_arguments_are_data_not_shell(
     assert not (box / "pwned").exists() and not (box / "pwned2").exists()
     labels = [c["Labels"][LABEL_TASK] for c in ours(engine, cluster.root)]
     assert "bad-image" not in labels
+
+
+def test_a_restarted_agent_readopts_its_containers_and_reports_one_that_ended_meanwhile(
+    cleaned_cluster: Cluster, engine: docker.APIClient
+) -> None:
+    """kill -9 the agent while two containers run; one exits (code 3) while it is down.
+    The restarted agent reports that exit with its real code, re-adopts the other (its
+    later output still reaches the sandbox) and reports its kill; each end arrives once."""
+    cluster = cleaned_cluster
+    # Long enough that the master never marks the agent unreachable while it restarts.
+    cluster.start_master("--agent-timeout", "60")
+    agent = cluster.start_agent(*AGENT_FLAGS, name="agent1")
+    cluster.wait_agents(1)
+    lives = TaskSpec(
+        "trap 'echo bye; exit 0' TERM; echo up; while true; do sleep 0.1; done",
+        task_id="lives",
+        containerizer="docker",
+        kill_grace_period=30.0,
+    )
+    ends = TaskSpec(
+        "echo up; while [ ! -e go ]; do sleep 0.05; done; exit 3", task_id="ends", containerizer="docker"
+    )
+    framework = DockerFramework([(lives, image()), (ends, image())])
+
+    def container_state(task_id: str) -> str | None:
+        for container in ours(engine, cluster.root):
+            if container["Labels"][LABEL_TASK] == task_id:
+                return str(container["State"])
+        return None
+
+    async def body(driver: SchedulerDriver) -> None:
+        await framework.until(
+            lambda: framework.running("lives") and framework.running("ends"), what="both RUNNING"
+        )
+        agent.signal(signal.SIGKILL)
+        await asyncio.to_thread(wait_for, lambda: not agent.alive(), 10.0, "the agent to die")
+        (sandbox(cluster, framework.framework_id, "ends") / "go").touch()
+        await asyncio.to_thread(wait_for, lambda: container_state("ends") == "exited", 20.0, "ends to exit")
+        assert not framework.ended("ends"), "nobody could have reported it yet"
+        cluster.start_agent(*AGENT_FLAGS, name="agent1")
+        await framework.until(lambda: framework.ended("ends"), what="the restarted agent to report ends")
+        await driver.kill("lives")
+        await framework.until(lambda: framework.ended("lives"), what="lives killed")
+
+    run_framework(cluster, framework, body)
+    ended = framework.last("ends")
+    assert ended.state == S.TASK_FAILED and ended.exit_code == 3, ended
+    killed = framework.last("lives")
+    assert killed.state == S.TASK_KILLED and "SIGKILL" not in killed.message, killed
+    assert (sandbox(cluster, framework.framework_id, "lives") / "stdout").read_text() == "up\nbye\n"
+    for task_id in ("lives", "ends"):
+        terminal = [u for u in framework.updates[task_id] if is_terminal(u.state)]
+        assert len({u.uuid for u in terminal}) == 1, terminal
+    wait_for(lambda: not ours(engine, cluster.root), what="the ended containers to be removed")
