@@ -5,6 +5,7 @@ with one line and an exit status, and the GetState call with its deadline.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from typing import Final, TextIO
@@ -71,7 +72,16 @@ def fetch_state(address: str, timeout: float = RPC_TIMEOUT) -> operator_pb2.Stat
     A standby answers too, naming the leader: its view is then replaced by the
     leader's (when the leader answers; otherwise the standby's is returned,
     with `leading` false, for the caller to flag as possibly stale).
+    `address` may list several masters, comma-separated: the first that answers is asked.
     """
+    *others, last = [a.strip() for a in address.split(",") if a.strip()] or [address]
+    for candidate in others:
+        with contextlib.suppress(CliError):
+            return _leaders_view(candidate, timeout)
+    return _leaders_view(last, timeout)
+
+
+def _leaders_view(address: str, timeout: float) -> operator_pb2.State:
     state = _get_state(address, timeout)
     hint = state.leader.address
     if not state.leading and hint and hint != address:

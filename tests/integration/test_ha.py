@@ -12,11 +12,13 @@ import json
 import signal
 import subprocess
 import sys
+import time
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
+import psutil
 import pytest
 
 from corral.states import is_terminal
@@ -24,6 +26,7 @@ from corral.testing import Cluster, EtcdServer, Process, wait_for
 from corral.v1 import common_pb2, registry_pb2, scheduler_pb2, scheduler_pb2_grpc
 from frameworks import CallError, NotSubscribed, Scheduler, SchedulerDriver, TaskSpec, pack
 from tests.integration.test_etcd_adapter import require_etcd
+from tests.rawclient import RawFramework, launch, task_info
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -336,3 +339,121 @@ def test_corral_leader_and_the_cli_follow_the_leader_from_a_standby(
     assert agents.returncode == 0, agents.stderr
     assert "agent1" in agents.stdout
     assert "not the leader" not in agents.stderr
+
+
+def test_corral_up_with_three_masters_runs_the_demo_through_the_leader(tmp_path: Path) -> None:
+    require_etcd()
+    result = subprocess.run(
+        [
+            sys.executable,
+            *("-m", "corral", "up", "--masters", "3", "--agents", "2", "--port", "0"),
+            *("--demo", "--exit-after-demo", "--work-dir", str(tmp_path / "up")),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "starting etcd on 127.0.0.1:" in result.stdout
+    assert " leads (term " in result.stdout
+    assert len([line for line in result.stdout.splitlines() if "FINISHED" in line]) == 5, result.stdout
+    logs = tmp_path / "up" / "logs"
+    assert sum("elected leader" in (logs / f"master-{i}.log").read_text() for i in (1, 2, 3)) == 1
+
+
+def launch_sleepers(fw: RawFramework, count: int) -> dict[str, str]:
+    """Launch `count` long tasks, one per offer (so one per agent); task id -> agent id, once RUNNING."""
+    placed: dict[str, str] = {}
+    while len(placed) < count:
+        for offer in fw.offers(timeout=20):
+            if len(placed) == count or offer.agent_id in placed.values():
+                fw.call("Decline", offer_ids=[offer.id])
+                continue
+            task_id = f"sleeper{len(placed)}"
+            task = task_info(task_id, offer.agent_id, "sleep 600", mem=16)
+            fw.call("Accept", offer_ids=[offer.id], operations=launch(task))
+            placed[task_id] = offer.agent_id
+    wait_updates(fw, {t: common_pb2.TASK_RUNNING for t in placed})
+    return placed
+
+
+def wait_updates(fw: RawFramework, wanted: dict[str, int], timeout: float = 30.0) -> None:
+    """Read updates (acknowledging them) until every task in `wanted` was reported in its state."""
+    missing = dict(wanted)
+    deadline = time.monotonic() + timeout
+    while missing:
+        status = fw.wait("update", timeout=max(0.1, deadline - time.monotonic())).update.status
+        if status.uuid:
+            ack = scheduler_pb2.AcknowledgeRequest.Ack(
+                agent_id=status.agent_id, task_id=status.task_id, uuid=status.uuid
+            )
+            fw.call("Acknowledge", acknowledgements=[ack])
+        if missing.get(status.task_id) == status.state:
+            del missing[status.task_id]
+
+
+def test_after_failover_a_missing_agent_is_unreachable_then_reconciled_when_it_returns(
+    cluster: Cluster, etcd_server: EtcdServer
+) -> None:
+    cluster.start_masters(2, etcd_server.url, ttl=TTL)
+    old = cluster.wait_leader()
+    cluster.start_agent()
+    late = cluster.start_agent()
+    cluster.wait_agents(2)
+    fw = RawFramework(old.address, failover=120)
+    fw.subscribe()
+    tasks = launch_sleepers(fw, 2)
+    late_agent = next(a.id for a in cluster.state().agents if a.hostname == late.name)
+    late_task = next(t for t, a in tasks.items() if a == late_agent)
+    probe = [scheduler_pb2.ReconcileRequest.Task(task_id=late_task, agent_id=late_agent)]
+    fw.close()
+
+    late.signal(signal.SIGSTOP)
+    try:
+        old.signal(signal.SIGKILL)
+        new = cluster.wait_leader(timeout=TTL + MARGIN)
+        back = RawFramework(new.address, failover=120, framework_id=fw.framework_id)
+        back.subscribe()
+        # The paused agent does not come back within the agent timeout: unreachable.
+        wait_for(
+            lambda: any(a.id == late_agent and a.status == "unreachable" for a in cluster.state().agents),
+            what="the paused agent to be marked unreachable",
+        )
+        back.call("Reconcile", tasks=probe)
+        wait_updates(back, {late_task: common_pb2.TASK_UNREACHABLE})
+    finally:
+        late.signal(signal.SIGCONT)
+    cluster.wait_agents(2)
+    back.call("Reconcile", tasks=probe)
+    wait_updates(back, {late_task: common_pb2.TASK_RUNNING})
+    back.close()
+
+
+def test_a_framework_that_does_not_come_back_after_failover_is_torn_down_after_its_timeout(
+    cluster: Cluster, etcd_server: EtcdServer
+) -> None:
+    cluster.start_masters(2, etcd_server.url, ttl=TTL)
+    old = cluster.wait_leader()
+    cluster.start_agent()
+    cluster.wait_agents(1)
+    fw = RawFramework(old.address, failover=6)
+    fw.subscribe()
+    launch_sleepers(fw, 1)
+    fw.close()
+
+    old.signal(signal.SIGKILL)
+    cluster.wait_leader(timeout=TTL + MARGIN)
+    cluster.wait_agents(1)
+    # Within its failover timeout the framework and its task are kept...
+    state = cluster.state()
+    assert [f.info.id for f in state.frameworks] == [fw.framework_id]
+    assert [t.state for t in state.tasks] == [common_pb2.TASK_RUNNING]
+    # ...after it, both are gone and the task's process is killed.
+    wait_for(lambda: not cluster.state().frameworks, 30, "the framework to be torn down")
+    sandboxes = cluster.root / "agent1" / "sandboxes"
+    wait_for(
+        lambda: not any(str(sandboxes) in (p.info["cwd"] or "") for p in psutil.process_iter(["cwd"])),
+        30,
+        "the task's process to end",
+    )
