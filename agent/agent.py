@@ -254,6 +254,8 @@ class Agent:
                         task.state = common_pb2.TASK_RUNNING
                         self._report(task.framework_id, task.info.task_id, common_pb2.TASK_RUNNING)
                     exited.add_done_callback(functools.partial(self._exited, task))
+                    if task.info.HasField("health_check"):
+                        self.start_health_check(task)
         logger.info(
             "recovered from the checkpoint: %d tasks re-adopted, %d known in all, %d with "
             "unacknowledged updates",

@@ -192,6 +192,18 @@ class Cluster:
         if self._channel is not None:
             self._channel.close()
         self.kill_tasks()
+        self.remove_cgroups()
+
+    def remove_cgroups(self) -> None:
+        """Remove the task cgroups of this cluster's agents (left behind when tasks
+        are killed here rather than by their agent)."""
+        from agent.isolation import cgroups  # Only the harness's clean-up needs it.
+
+        found, _ = cgroups.detect()
+        if found is None:
+            return
+        for id_file in self.root.glob("*/agent_id"):
+            found.remove_agent(id_file.read_text().strip())
 
     def kill_tasks(self) -> list[int]:
         """End task processes whose working directory is inside this cluster."""

@@ -10,7 +10,15 @@ loop, and the child is reaped with a non-blocking waitpid once it is readable. B
 reaping, whatever the task left behind in its process group is SIGKILLed: the
 not-yet-reaped leader keeps the group id reserved, so the signal cannot reach a
 stranger that reused the id. That is Mesos' "destroy the container when the executor
-exits", by process group until cgroups come (a later issue).
+exits".
+
+When the agent runs as root on a host with cgroups (v1 or v2), each task is also
+born in its own cgroup (agent/isolation/cgroups.py) with cpu, memory and pids
+limits: the task's end, or its kill's SIGKILL, kills every process in the cgroup,
+a task the kernel killed for exceeding its memory is reported TASK_FAILED with
+REASON_CONTAINER_LIMITATION_MEMORY, usage is read from the cgroup, and the cgroup
+is removed once empty. Otherwise the agent says once, at start, that it falls back
+to process-group kill only.
 
 Recovery: `handle` records each task's pid, the process's start time (psutil's
 create_time) and its sandbox. A restarted agent re-adopts a task only when a
@@ -28,6 +36,7 @@ wrapper process.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import re
@@ -51,6 +60,7 @@ from agent.containerizer import (
     TaskExit,
     TaskKey,
 )
+from agent.isolation import cgroups
 from corral import ids
 from corral.v1 import common_pb2
 
@@ -67,6 +77,11 @@ RESERVED_ENV: Final = frozenset(
     {"CORRAL_TASK_ID", "CORRAL_FRAMEWORK_ID", "CORRAL_AGENT_ID", "CORRAL_SANDBOX"}
 )
 _HAVE_PIDFD: Final = hasattr(os, "pidfd_open")
+#: Every task's limit on processes and threads (cgroup pids controller).
+TASK_PIDS_LIMIT: Final = 4096
+#: How often, and how many times, a task's cgroup is killed again until it is empty and removed.
+CGROUP_REMOVE_INTERVAL: Final = 0.02
+CGROUP_REMOVE_ATTEMPTS: Final = 500
 #: Seconds between checks of a re-adopted process on kernels without pidfds.
 ADOPTED_POLL_INTERVAL: Final = 1.0
 #: What a re-adopted task's end says when its exit status could not be read.
@@ -110,6 +125,9 @@ class _Process:
     escalated: bool = False
     #: psutil's create_time of the process, read when first checkpointed.
     start_time: float | None = None
+    cgroup: cgroups.TaskCgroup | None = None
+    #: Its memory limit in MB (for the out-of-memory message).
+    mem_mb: float = 0.0
 
 
 class ProcessContainerizer(Containerizer):
@@ -127,15 +145,17 @@ class ProcessContainerizer(Containerizer):
         self._processes: dict[TaskKey, _Process] = {}
         # Every task's stdin; opened once rather than once per launch.
         self._devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
-        if os.geteuid() == 0:
-            logger.warning(
-                "process containerizer: cgroup isolation is not implemented yet; tasks are "
-                "contained and killed by process group only, without cpu, memory or pids limits"
+        self._cgroups, why_not = cgroups.detect()
+        if self._cgroups is not None:
+            logger.info(
+                "process containerizer: each task in its own cgroup with cpu, memory and pids limits (%s)",
+                self._cgroups.describe(),
             )
         else:
             logger.warning(
-                "process containerizer: not running as root, so no cgroup isolation; tasks are "
-                "contained and killed by process group only, without cpu, memory or pids limits"
+                "process containerizer: no cgroup isolation (%s); tasks are contained and killed "
+                "by process group only, without cpu, memory or pids limits",
+                why_not,
             )
 
     # -- launch -------------------------------------------------------------
@@ -184,18 +204,31 @@ class ProcessContainerizer(Containerizer):
         except OSError as exc:
             os.close(stdout)
             raise _launch_failed(f"cannot create {sandbox / 'stderr'}: {exc.strerror}") from None
+        cpus, mem_mb = _scalar(task.resources, "cpus"), _scalar(task.resources, "mem")
+        cgroup = None
         try:
-            child = _Child(
-                argv,
-                executable=executable,
-                cwd=sandbox,
-                env=env,
-                stdin=self._devnull,
-                stdout=stdout,
-                stderr=stderr,
-                start_new_session=True,
-            )
+            if self._cgroups is not None:
+                limits = cgroups.Limits(cpus=cpus, mem_mb=mem_mb, pids=TASK_PIDS_LIMIT)
+                cgroup = self._cgroups.create(spec.agent_id, spec.framework_id, task.task_id, limits)
+            born_in: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
+            if self._cgroups is not None and cgroup is not None:
+                born_in = self._cgroups.inside(cgroup)
+            with born_in:
+                child = _Child(
+                    argv,
+                    executable=executable,
+                    cwd=sandbox,
+                    env=env,
+                    stdin=self._devnull,
+                    stdout=stdout,
+                    stderr=stderr,
+                    start_new_session=True,
+                )
+        except cgroups.CgroupError as exc:
+            raise _launch_failed(str(exc)) from None
         except OSError as exc:
+            if cgroup is not None:
+                self._remove_cgroup(cgroup, context)
             message = f"cannot run {executable or argv[0]!r}: {exc.strerror or exc}"
             try:
                 # Say it where the task's author looks first, too.
@@ -214,6 +247,8 @@ class ProcessContainerizer(Containerizer):
             sandbox=sandbox,
             exited=self._loop.create_future(),
             log_context=context,
+            cgroup=cgroup,
+            mem_mb=mem_mb,
         )
         self._processes[key] = proc
         self._watch(proc)
@@ -294,7 +329,7 @@ class ProcessContainerizer(Containerizer):
         if peek is None:
             return  # Not exited after all; the pidfd stays watched.
         self._unwatch(proc)
-        self._signal_group(proc, signal.SIGKILL)
+        self._kill_rest(proc)
         try:
             _, status = os.waitpid(proc.pid, os.WNOHANG)
         except ChildProcessError:
@@ -307,7 +342,7 @@ class ProcessContainerizer(Containerizer):
         exit code is read from the zombie's /proc entry if it is still there."""
         returncode = _zombie_exit_code(proc.pid)
         self._unwatch(proc)
-        self._signal_group(proc, signal.SIGKILL)
+        self._kill_rest(proc)
         self._finish(proc, returncode)
 
     def _on_reaped(self, proc: _Process, returncode: int | None) -> None:
@@ -315,7 +350,7 @@ class ProcessContainerizer(Containerizer):
         its group id could in theory be reused before the clean-up kill below."""
         if self._processes.get(proc.key) is not proc:
             return  # Closed meanwhile: the agent no longer watches this task.
-        self._signal_group(proc, signal.SIGKILL)
+        self._kill_rest(proc)
         self._finish(proc, returncode)
 
     def _unwatch(self, proc: _Process) -> None:
@@ -330,6 +365,10 @@ class ProcessContainerizer(Containerizer):
             proc.escalation = None
         del self._processes[proc.key]
         outcome = _outcome(proc, returncode)
+        if proc.cgroup is not None:
+            if not proc.kill_requested and proc.cgroup.oom_killed():
+                outcome = _out_of_memory(proc.mem_mb, outcome)
+            self._remove_cgroup(proc.cgroup, proc.log_context)
         logger.debug("pid %d ended: %s", proc.pid, outcome.message, extra=proc.log_context)
         if not proc.exited.done():
             proc.exited.set_result(outcome)
@@ -359,7 +398,32 @@ class ProcessContainerizer(Containerizer):
         proc.escalation = None
         proc.escalated = True
         logger.info("pid %d outlived its grace period: SIGKILL", proc.pid, extra=proc.log_context)
+        self._kill_rest(proc)
+
+    def _kill_rest(self, proc: _Process) -> None:
+        """SIGKILL the task's process group and, when it has one, its whole cgroup."""
         self._signal_group(proc, signal.SIGKILL)
+        if proc.cgroup is not None:
+            proc.cgroup.kill()
+
+    def _remove_cgroup(self, cgroup: cgroups.TaskCgroup, context: dict[str, str], attempt: int = 0) -> None:
+        """Remove the cgroup; while processes remain, kill them and try again shortly."""
+        try:
+            if cgroup.remove():
+                return
+            cgroup.kill()
+        except OSError as exc:
+            logger.error("cannot remove the cgroup %s: %s", cgroup.paths[0], exc, extra=context)
+            return
+        if attempt >= CGROUP_REMOVE_ATTEMPTS:
+            logger.error(
+                "the cgroup %s still holds processes %s after SIGKILL; leaving it",
+                cgroup.paths[0],
+                cgroup.pids(),
+                extra=context,
+            )
+            return
+        self._loop.call_later(CGROUP_REMOVE_INTERVAL, self._remove_cgroup, cgroup, context, attempt + 1)
 
     def _signal_group(self, proc: _Process, sig: signal.Signals) -> None:
         try:
@@ -374,16 +438,20 @@ class ProcessContainerizer(Containerizer):
     # -- usage --------------------------------------------------------------
 
     async def usage(self) -> dict[TaskKey, common_pb2.ResourceUsage]:
-        """Sum cpu time, rss and process count over each task's process group.
+        """Read each task's cgroup; without one, sum cpu time, rss and process count
+        over the task's process group.
 
         One pass over the host's processes serves every task; a process counts for
         the task whose group it is in, wherever in the tree it was re-parented.
         """
-        groups = {proc.pid: proc.key for proc in self._processes.values()}
-        if not groups:
-            return {}
-        now = time.time()
         totals: dict[TaskKey, common_pb2.ResourceUsage] = {}
+        for proc in self._processes.values():
+            if proc.cgroup is not None:
+                totals[proc.key] = proc.cgroup.usage()
+        groups = {proc.pid: proc.key for proc in self._processes.values() if proc.cgroup is None}
+        if not groups:
+            return totals
+        now = time.time()
         for process in psutil.process_iter():
             try:
                 key = groups.get(os.getpgid(process.pid))
@@ -415,7 +483,11 @@ class ProcessContainerizer(Containerizer):
                 proc.start_time = psutil.Process(proc.pid).create_time()
             except psutil.Error:
                 return {}  # It ended already: there is nothing to re-adopt.
-        return {"pid": str(proc.pid), "start_time": repr(proc.start_time), "sandbox": str(proc.sandbox)}
+        handle = {"pid": str(proc.pid), "start_time": repr(proc.start_time), "sandbox": str(proc.sandbox)}
+        if proc.cgroup is not None:
+            handle["cgroup"] = proc.cgroup.handle()
+            handle["mem_mb"] = repr(proc.mem_mb)
+        return handle
 
     async def recover(self, tasks: Sequence[RecoverSpec]) -> dict[TaskKey, asyncio.Future[TaskExit]]:
         results: dict[TaskKey, asyncio.Future[TaskExit]] = {}
@@ -436,11 +508,20 @@ class ProcessContainerizer(Containerizer):
                     )
                 )
                 continue
+            cgroup = None
+            if self._cgroups is not None and "cgroup" in spec.handle:
+                cgroup = self._cgroups.adopt(spec.handle["cgroup"])
+            mem_mb = float(spec.handle.get("mem_mb", "0"))
             if not _same_process(pid, start_time):
                 logger.info("pid %d is gone: the task ended while the agent was down", pid, extra=context)
-                future.set_result(
-                    TaskExit(common_pb2.TASK_FAILED, common_pb2.REASON_AGENT_RESTARTED, ENDED_WHILE_DOWN)
+                outcome = TaskExit(
+                    common_pb2.TASK_FAILED, common_pb2.REASON_AGENT_RESTARTED, ENDED_WHILE_DOWN
                 )
+                if cgroup is not None:
+                    if cgroup.oom_killed():
+                        outcome = _out_of_memory(mem_mb, outcome)
+                    self._remove_cgroup(cgroup, context)
+                future.set_result(outcome)
                 continue
             proc = _Process(
                 key=spec.key,
@@ -450,10 +531,16 @@ class ProcessContainerizer(Containerizer):
                 exited=future,
                 log_context=context,
                 start_time=start_time,
+                cgroup=cgroup,
+                mem_mb=mem_mb,
             )
             self._processes[spec.key] = proc
             self._watch(proc)
             logger.info("re-adopted pid %d", pid, extra=context)
+        if self._cgroups is not None and tasks:
+            for orphan in self._cgroups.orphans(tasks[0].agent_id, {spec.key for spec in tasks}):
+                logger.warning("killing %s: a task cgroup no checkpointed task owns", orphan.paths[0])
+                self._remove_cgroup(orphan, {})
         return results
 
     # -- shutdown -----------------------------------------------------------
@@ -548,6 +635,20 @@ def _describe(returncode: int) -> str:
     except ValueError:
         name = f"signal {number}"
     return f"killed by signal {name} ({number})"
+
+
+def _scalar(resources: Iterable[common_pb2.Resource], name: str) -> float:
+    return sum(r.scalar for r in resources if r.name == name)
+
+
+def _out_of_memory(mem_mb: float, outcome: TaskExit) -> TaskExit:
+    message = (
+        f"out of memory: the kernel killed the task for exceeding its {mem_mb:g} MB memory "
+        f"limit ({outcome.message})"
+    )
+    return TaskExit(
+        common_pb2.TASK_FAILED, common_pb2.REASON_CONTAINER_LIMITATION_MEMORY, message, outcome.exit_code
+    )
 
 
 def _same_process(pid: int, start_time: float) -> bool:

@@ -225,7 +225,8 @@ def test_a_checkpoint_from_another_boot_registers_a_fresh_agent(cluster: Cluster
 
     asyncio.run(with_driver(recorder, cluster.master_address, body, failover_timeout=60))
     kill_9(agent)
-    cluster.kill_tasks()  # A reboot ends every process.
+    cluster.kill_tasks()  # A reboot ends every process (and cgroup).
+    cluster.remove_cgroups()
     (cluster.root / "agent1" / META_DIR / BOOT_ID).write_text("another-boot\n")
     cluster.start_agent(name="agent1")
     ids = wait_for(
