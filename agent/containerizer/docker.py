@@ -111,29 +111,45 @@ class DockerContainerizer(Containerizer):
     name = "docker"
     concurrent_launches = True
 
-    def __init__(self, options: ContainerizerOptions) -> None:
+    def __init__(self, options: ContainerizerOptions, *, docker_url: str = DOCKER_URL) -> None:
         super().__init__(options)
         self._loop = asyncio.get_running_loop()
+        self._url = docker_url
+        #: The engine's socket file, when it is reached by one.
+        self._socket = Path(docker_url.removeprefix("unix://")) if docker_url.startswith("unix://") else None
         self._sandboxes = options.work_dir / SANDBOXES
         self._containers: dict[TaskKey, _Container] = {}
         self._pool = concurrent.futures.ThreadPoolExecutor(POOL_SIZE, thread_name_prefix="docker")
         self._launching = asyncio.Semaphore(LAUNCH_CONCURRENCY)
-        self._api = docker.APIClient(base_url=DOCKER_URL, version=DOCKER_API_VERSION, timeout=CALL_TIMEOUT)
+        self._api = docker.APIClient(base_url=docker_url, version=DOCKER_API_VERSION, timeout=CALL_TIMEOUT)
         self._pool.submit(self._check_engine)
 
     def _check_engine(self) -> None:
         """Say at start whether the engine answers; launches check again for themselves."""
         try:
+            self._check_socket()
             version = self._api.version(api_version=False)
-        except _ENGINE_ERRORS as exc:
+        except (LaunchError, *_ENGINE_ERRORS) as exc:
             logger.warning(
                 "docker containerizer: the Docker engine at %s does not answer (%s); docker tasks "
                 "will fail until it does",
-                DOCKER_URL,
+                self._url,
                 _short(exc),
             )
         else:
-            logger.info("docker containerizer: engine %s at %s", version.get("Version", "?"), DOCKER_URL)
+            logger.info("docker containerizer: engine %s at %s", version.get("Version", "?"), self._url)
+
+    def _check_socket(self) -> None:
+        """Fail at once when the engine's socket file is missing (no engine runs).
+
+        Checked before every launch: it is one stat, and the SDK would leak a socket
+        per failed connection attempt.
+        """
+        if self._socket is not None and not self._socket.exists():
+            raise _launch_failed(
+                f"the Docker engine is not running: nothing answers at {self._url} (start dockerd, "
+                "e.g. with scripts/docker-setup)"
+            )
 
     async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run one blocking SDK call in the pool."""
@@ -166,6 +182,13 @@ class DockerContainerizer(Containerizer):
         create["host_config"]["binds"] = {str(sandbox): {"bind": SANDBOX_MOUNT, "mode": "rw"}}
         stdout, stderr = _open_outputs(sandbox)
         try:
+            self._check_socket()
+        except LaunchError as exc:
+            _write_all(stderr, f"corral: {exc.message}\n".encode())
+            os.close(stdout)
+            os.close(stderr)
+            raise
+        try:
             container_id = await self._call(self._create, task.container, create, context)
             entry = _Container(
                 key=key,
@@ -182,7 +205,7 @@ class DockerContainerizer(Containerizer):
             except _ENGINE_ERRORS as exc:
                 stream.close()
                 await self._call(self._remove, entry)
-                raise _engine_failure(f"cannot start the container: {_short(exc)}", exc) from None
+                raise self._engine_failure(f"cannot start the container: {_short(exc)}", exc) from None
         except LaunchError as exc:
             # Say it where the task's author looks first, too.
             _write_all(stderr, f"corral: {exc.message}\n".encode())
@@ -225,10 +248,16 @@ class DockerContainerizer(Containerizer):
         except docker.errors.APIError as exc:
             if exc.is_client_error() and not isinstance(exc, docker.errors.NotFound):
                 raise _invalid(f"the Docker engine refused the container: {_short(exc)}") from None
-            raise _engine_failure(f"cannot create the container: {_short(exc)}", exc) from None
+            raise self._engine_failure(f"cannot create the container: {_short(exc)}", exc) from None
         except _ENGINE_ERRORS as exc:
-            raise _engine_failure(f"cannot create the container: {_short(exc)}", exc) from None
+            raise self._engine_failure(f"cannot create the container: {_short(exc)}", exc) from None
         return str(created["Id"])
+
+    def _engine_failure(self, message: str, exc: BaseException) -> LaunchError:
+        """A failed engine call; a missing engine gets a message that says so."""
+        if isinstance(exc, requests.exceptions.ConnectionError | FileNotFoundError | ConnectionRefusedError):
+            message = f"{message} (is the Docker engine running? nothing answers at {self._url})"
+        return _launch_failed(message)
 
     def _pull(self, image: str, context: Mapping[str, str]) -> None:
         """In the pool: pull `image`; fails within CALL_TIMEOUT when no registry answers."""
@@ -247,7 +276,7 @@ class DockerContainerizer(Containerizer):
         except _ENGINE_ERRORS as exc:
             if remove_on_failure:
                 self._remove_quietly(container_id)
-            raise _engine_failure(f"cannot attach to the container: {_short(exc)}", exc) from None
+            raise self._engine_failure(f"cannot attach to the container: {_short(exc)}", exc) from None
 
     def _make_sandbox(self, framework_id: str, task_id: str) -> Path:
         parent = self._sandboxes / framework_id
@@ -544,13 +573,6 @@ def _invalid(message: str) -> LaunchError:
 
 def _launch_failed(message: str) -> LaunchError:
     return LaunchError(message, state=common_pb2.TASK_FAILED, reason=common_pb2.REASON_LAUNCH_FAILED)
-
-
-def _engine_failure(message: str, exc: BaseException) -> LaunchError:
-    """A failed engine call; a missing engine gets a message that says so."""
-    if isinstance(exc, requests.exceptions.ConnectionError | FileNotFoundError | ConnectionRefusedError):
-        message = f"{message} (is the Docker engine running? nothing answers at {DOCKER_URL})"
-    return _launch_failed(message)
 
 
 def _short(exc: BaseException) -> str:

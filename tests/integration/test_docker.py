@@ -56,6 +56,9 @@ def engine() -> Iterator[docker.APIClient]:
     client.close()
 
 
+#: Host ports apart from the 31000s that other tests' agents offer: a published docker port
+#: listens on every address, and would collide with a concurrent run's process task.
+RESOURCES = "cpus:4;mem:4096;disk:4096;ports:[33000-33099]"
 AGENT_FLAGS = ("--containerizers", "process,docker", "--kill-grace-period", "1", "--usage-interval", "0.5")
 
 
@@ -73,7 +76,7 @@ def cleaned_cluster(cluster: Cluster, engine: docker.APIClient) -> Iterator[Clus
 def docker_cluster(cleaned_cluster: Cluster) -> Cluster:
     """A master and one agent that runs docker tasks."""
     cleaned_cluster.start_master()
-    cleaned_cluster.start_agent(*AGENT_FLAGS, name="agent1")
+    cleaned_cluster.start_agent(*AGENT_FLAGS, name="agent1", resources=RESOURCES)
     cleaned_cluster.wait_agents(1)
     return cleaned_cluster
 
@@ -364,7 +367,7 @@ def test_a_restarted_agent_readopts_its_containers_and_reports_one_that_ended_me
     cluster = cleaned_cluster
     # Long enough that the master never marks the agent unreachable while it restarts.
     cluster.start_master("--agent-timeout", "60")
-    agent = cluster.start_agent(*AGENT_FLAGS, name="agent1")
+    agent = cluster.start_agent(*AGENT_FLAGS, name="agent1", resources=RESOURCES)
     cluster.wait_agents(1)
     lives = TaskSpec(
         "trap 'echo bye; exit 0' TERM; echo up; while true; do sleep 0.1; done",
@@ -392,7 +395,7 @@ def test_a_restarted_agent_readopts_its_containers_and_reports_one_that_ended_me
         (sandbox(cluster, framework.framework_id, "ends") / "go").touch()
         await asyncio.to_thread(wait_for, lambda: container_state("ends") == "exited", 20.0, "ends to exit")
         assert not framework.ended("ends"), "nobody could have reported it yet"
-        cluster.start_agent(*AGENT_FLAGS, name="agent1")
+        cluster.start_agent(*AGENT_FLAGS, name="agent1", resources=RESOURCES)
         await framework.until(lambda: framework.ended("ends"), what="the restarted agent to report ends")
         await driver.kill("lives")
         await framework.until(lambda: framework.ended("lives"), what="lives killed")
@@ -407,3 +410,47 @@ def test_a_restarted_agent_readopts_its_containers_and_reports_one_that_ended_me
         terminal = [u for u in framework.updates[task_id] if is_terminal(u.state)]
         assert len({u.uuid for u in terminal}) == 1, terminal
     wait_for(lambda: not ours(engine, cluster.root), what="the ended containers to be removed")
+
+
+def test_an_absent_image_fails_the_task_at_once_with_the_reason(docker_cluster: Cluster) -> None:
+    """No registry answers here: the pull fails, the task ends TASK_FAILED, nothing hangs."""
+    cluster = docker_cluster
+    absent = TaskSpec("true", task_id="absent", containerizer="docker")
+    framework = DockerFramework([(absent, image("corral-test/absent:latest"))])
+
+    async def body(driver: SchedulerDriver) -> None:
+        await framework.until(lambda: framework.ended("absent"), timeout=90, what="absent ended")
+
+    run_framework(cluster, framework, body)
+    status = framework.last("absent")
+    assert status.state == S.TASK_FAILED and status.reason == S.REASON_LAUNCH_FAILED, status
+    assert "image 'corral-test/absent:latest' is not on this agent and cannot be pulled" in status.message
+    stderr = (sandbox(cluster, framework.framework_id, "absent") / "stderr").read_text()
+    assert stderr.startswith("corral: image 'corral-test/absent:latest'")
+
+
+def test_without_an_engine_a_docker_launch_fails_with_a_reason_instead_of_hanging(tmp_path: Path) -> None:
+    """A real containerizer pointed at a socket where no engine listens (this engine is
+    not stopped: other tests use it)."""
+    from agent.containerizer import ContainerizerOptions, LaunchError, LaunchSpec
+    from agent.containerizer.docker import DockerContainerizer
+
+    missing = f"unix://{tmp_path}/docker.sock"
+
+    async def main() -> LaunchError:
+        containerizer = DockerContainerizer(
+            ContainerizerOptions(work_dir=tmp_path, environment={}), docker_url=missing
+        )
+        task = common_pb2.TaskInfo(task_id="t1", command=common_pb2.CommandInfo(value="true", shell=True))
+        task.container.image = IMAGE
+        try:
+            await asyncio.wait_for(containerizer.launch(LaunchSpec("fw-1", "agent-1", task)), 30)
+        except LaunchError as exc:
+            return exc
+        finally:
+            await containerizer.close()
+        raise AssertionError("the launch succeeded without an engine")
+
+    error = asyncio.run(main())
+    assert error.state == S.TASK_FAILED and error.reason == S.REASON_LAUNCH_FAILED
+    assert f"the Docker engine is not running: nothing answers at {missing}" in error.message
