@@ -33,6 +33,8 @@ logger = logging.getLogger(__name__)
 NAMES: Final = ("stdout", "stderr")
 #: Bytes asked for per ReadFile (the agent caps it at the same size).
 CHUNK: Final = 64 * 1024
+#: Pieces in flight at once while a long file is read (each is one round trip to the agent).
+PIPELINE: Final = 8
 #: Seconds between polls for new output while following a running task.
 POLL_INTERVAL: Final = 0.25
 #: Seconds an agent may take to answer one ReadFile.
@@ -200,16 +202,26 @@ async def read_task_log(
             grpc.StatusCode.INVALID_ARGUMENT,
             f"offset {offset} is past the end of the {name} ({first.size} bytes)",
         )
+    window = 1
     while True:
-        # Whether the task had ended *before* this read: then this read sees all it wrote.
+        # Whether the task had ended *before* these reads: then they see all it wrote.
         ended = is_terminal(reader.refresh().state)
-        data = await reader.read(offset, CHUNK)
-        if data.data:
-            yield operator_pb2.TaskLogChunk(offset=offset, data=data.data)
-            offset += len(data.data)
-            if request.follow or offset < data.size:
-                continue
-            return
-        if not request.follow or ended:
+        pieces = await asyncio.gather(*(reader.read(offset + i * CHUNK, CHUNK) for i in range(window)))
+        got = full = False
+        for piece in pieces:
+            if not piece.data:
+                break
+            yield operator_pb2.TaskLogChunk(offset=offset, data=piece.data)
+            offset += len(piece.data)
+            got, full = True, len(piece.data) == CHUNK
+            if not full:
+                # The end of the file when it was read: later pieces could only hold
+                # bytes written since, after a gap; they are read again next time.
+                break
+        # In the middle of a long file, keep several pieces in flight.
+        window = PIPELINE if full else 1
+        if full or (got and request.follow):
+            continue
+        if got or not request.follow or ended:
             return
         await asyncio.sleep(POLL_INTERVAL)
