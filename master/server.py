@@ -41,6 +41,8 @@ logger = logging.getLogger(__name__)
 #: Trailing metadata key with which a standby names the leader (the SDK and agent follow it).
 LEADER_METADATA_KEY: Final = "x-leader-addr"
 GET_STATE_METHOD: Final = "/corral.v1.OperatorService/GetState"
+#: How long a stopping leader waits for its last registry write.
+STOP_FLUSH_TIMEOUT: Final = 5.0
 
 
 class RunningMaster:
@@ -182,7 +184,14 @@ class RunningMaster:
                 await self._leading_task
         master, self.master = self.master, None
         if master is not None:
-            await master.stop()
+            try:
+                # Bounded: with etcd gone the last registry write may never succeed.
+                await asyncio.wait_for(master.stop(), STOP_FLUSH_TIMEOUT)
+            except TimeoutError:
+                logger.warning(
+                    "the registry could not be written within %g s; stopping anyway", STOP_FLUSH_TIMEOUT
+                )
+                master.registrar.close()
         await self.election.close()
         if self.server is not None:
             await self.server.stop(grace)

@@ -19,6 +19,8 @@ import pytest
 
 from corral.etcd import Etcd, EtcdUnavailable, KeptLease, WatchEvent, parse_endpoints
 from corral.testing import EtcdServer, etcd_binary
+from corral.v1 import registry_pb2
+from master.registry import EtcdStore, Fenced
 
 pytestmark = pytest.mark.integration
 
@@ -146,5 +148,26 @@ def test_kept_lease_outlives_its_ttl_and_is_lost_while_etcd_is_down(etcd_server:
         assert not lease.valid()
         etcd_server.start()
         await lease.revoke()
+
+    with_client(etcd_server, body)
+
+
+def test_registry_writes_are_fenced_on_the_writers_term(etcd_server: EtcdServer) -> None:
+    async def body(etcd: Etcd) -> None:
+        leader_key = "/corral/fence/leader"
+        await etcd.put(leader_key, b"old leader")
+        old_term = (await etcd.get(leader_key)).create_revision  # type: ignore[union-attr]
+        current = EtcdStore(etcd, "fence", old_term)
+        await current.save(registry_pb2.Registry(version=1, role_weights={"a": 1.0}))
+        # A new election: the key is recreated, so its create revision (the term) changes.
+        await etcd.delete(leader_key)
+        await etcd.put(leader_key, b"new leader")
+        new_term = (await etcd.get(leader_key)).create_revision  # type: ignore[union-attr]
+        assert new_term > old_term
+        with pytest.raises(Fenced):
+            await current.save(registry_pb2.Registry(version=1, role_weights={"b": 2.0}))
+        stored = await EtcdStore(etcd, "fence", new_term).load()
+        assert stored is not None
+        assert dict(stored.role_weights) == {"a": 1.0}
 
     with_client(etcd_server, body)
