@@ -228,6 +228,7 @@ class Checkpoint:
     def start(self, state: State, boot_id: str) -> None:
         """Begin a new journal holding `state` (compacted), under this `boot_id`."""
         self.state = state
+        self._buffer.clear()  # Anything recorded before is in `state` or superseded by it.
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
             _write_atomically(self.dir / BOOT_ID, (boot_id + "\n").encode())

@@ -269,7 +269,11 @@ class Cgroups:
             yield
         finally:
             for path in moved:
-                (homes[path] / "cgroup.procs").write_text(pid)
+                try:
+                    (homes[path] / "cgroup.procs").write_text(pid)
+                except OSError as exc:
+                    # The child is running: fail nothing, but say the agent is stranded.
+                    logger.error("cannot move the agent back to %s: %s", homes[path], exc)
 
     def _limit(self, cgroup: TaskCgroup, limits: Limits) -> None:
         """Write the limits; an amount the task did not ask for (zero) is not limited."""

@@ -311,3 +311,46 @@ def test_nothing_is_sent_while_disconnected_not_even_retries() -> None:
         assert len(recorder.batches) == sent
 
     run(body)
+
+
+def test_a_registration_reports_no_state_whose_update_has_not_left() -> None:
+    """`reported_state` is what the master may have been sent already; a newer state
+    waits for its reliable update, so the framework never hears of it twice."""
+
+    async def body() -> None:
+        recorder = Recorder()
+        manager = recorder.manager()
+        key = (FW, "a")
+        running = status("a", common_pb2.TASK_RUNNING)
+        manager.update(running)
+        # Never sent (not connected): nothing is acknowledged, so STAGING.
+        assert manager.reported_state(key, common_pb2.TASK_RUNNING) == common_pb2.TASK_STAGING
+        manager.connected()
+        await batches(recorder, 1)
+        assert manager.reported_state(key, common_pb2.TASK_RUNNING) == common_pb2.TASK_RUNNING
+        manager.acknowledge(FW, "a", running.uuid)
+        manager.disconnected()
+        manager.update(status("a", common_pb2.TASK_FAILED))
+        assert manager.reported_state(key, common_pb2.TASK_FAILED) == common_pb2.TASK_RUNNING
+
+    run(body)
+
+
+def test_restored_updates_keep_their_uuids_and_are_resent_on_connecting() -> None:
+    async def body() -> None:
+        recorder = Recorder()
+        manager = recorder.manager()
+        queued = [status("a", common_pb2.TASK_RUNNING), status("a", common_pb2.TASK_FINISHED)]
+        for update in queued:
+            update.uuid = bytes(16) if update.state == common_pb2.TASK_RUNNING else b"\1" * 16
+        manager.restore((FW, "a"), queued, common_pb2.TASK_STAGING)
+        # The head may have been sent before the restart.
+        assert manager.reported_state((FW, "a"), common_pb2.TASK_FINISHED) == common_pb2.TASK_RUNNING
+        manager.connected()
+        await batches(recorder, 1)
+        assert [u.uuid for u in recorder.sent] == [bytes(16)]
+        manager.acknowledge(FW, "a", bytes(16))
+        await batches(recorder, 2)
+        assert recorder.batches[1][0].uuid == b"\1" * 16
+
+    run(body)
