@@ -4,13 +4,14 @@ serving real sockets, checks run by the agent, results seen by an SDK framework.
 from __future__ import annotations
 
 import asyncio
+import signal
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import pytest
 
-from corral.testing import Cluster
+from corral.testing import Cluster, wait_for
 from corral.v1 import common_pb2, scheduler_pb2
 from frameworks import CallError, SchedulerDriver, TaskSpec, pack
 from tests.integration.test_end_to_end import Recorder, with_driver
@@ -75,12 +76,16 @@ class CheckedRecorder(Recorder):
             await driver.decline(packing.leftover_offer_ids, refuse_seconds=0 if self.pending else 30)
 
     def health_updates(self, task_id: str) -> list[common_pb2.TaskStatus]:
-        """The updates that carried a new health result for the task, in order."""
-        return [
-            u
-            for u in self.updates[task_id]
-            if u.reason == S.REASON_TASK_HEALTH_CHECK_STATUS_UPDATED and u.state == S.TASK_RUNNING
-        ]
+        """The updates that carried a new health result for the task, in order (an
+        update resent after an agent restart, with the same uuid, counts once)."""
+        seen: set[bytes] = set()
+        found = []
+        for u in self.updates[task_id]:
+            health = u.reason == S.REASON_TASK_HEALTH_CHECK_STATUS_UPDATED and u.state == S.TASK_RUNNING
+            if health and u.uuid not in seen:
+                seen.add(u.uuid)
+                found.append(u)
+        return found
 
     def health(self, task_id: str) -> list[bool]:
         """The health results reported for the task, in order."""
@@ -247,3 +252,33 @@ def test_a_bad_health_check_is_refused_and_changes_nothing(cluster: Cluster) -> 
     assert "needs a command" in errors["command"]
     assert "COMMAND, TCP or HTTP" in errors["type"]
     assert not cluster.state().tasks
+
+
+def test_checks_resume_after_the_agent_restarts(cluster: Cluster) -> None:
+    """kill -9 the agent, start it again on its work dir: the re-adopted task is checked
+    again, and killed when its check starts failing."""
+    cluster.start_master("--agent-timeout", "60")
+    agent = cluster.start_agent(name="agent1")
+    cluster.wait_agents(1)
+    check = H(type=H.COMMAND, command=common_pb2.CommandInfo(value="test -f marker", shell=True), **FAST)  # type: ignore[arg-type]
+    recorder = CheckedRecorder(
+        [TaskSpec("touch marker && exec sleep 600", task_id="survivor")], {"survivor": check}
+    )
+
+    async def body(driver: SchedulerDriver) -> None:
+        await recorder.until(lambda: recorder.health("survivor") == [True], timeout=30, what="healthy")
+        agent.signal(signal.SIGKILL)
+        await asyncio.to_thread(wait_for, lambda: not agent.alive(), 10, "the agent to die")
+        cluster.start_agent(name="agent1")
+        # The restarted agent checks again from scratch: its first result is reported again.
+        await recorder.until(
+            lambda: recorder.health("survivor") == [True, True], timeout=30, what="healthy again"
+        )
+        marker = cluster.root / "agent1" / "sandboxes" / recorder.framework_id / "survivor" / "marker"
+        marker.unlink()
+        await recorder.until(lambda: recorder.in_state("survivor", S.TASK_KILLED), timeout=30, what="KILLED")
+
+    asyncio.run(with_driver(recorder, cluster.master_address, body, name="health", failover_timeout=60))
+    last = recorder.last("survivor")
+    assert last is not None and last.reason == S.REASON_TASK_UNHEALTHY and not last.healthy
+    assert recorder.health("survivor") == [True, True, False]
