@@ -181,7 +181,7 @@ class Cgroups:
         try:
             for path in cgroup.paths:
                 if self.version == 2:
-                    for parent in (path.parent.parent, path.parent):
+                    for parent in (path.parent.parent.parent, path.parent.parent, path.parent):
                         if not parent.is_dir():
                             parent.mkdir()
                             _enable_controllers(parent)
@@ -226,6 +226,8 @@ class Cgroups:
                         if time.monotonic() > deadline:
                             return False
                         time.sleep(0.01)  # SIGKILLed processes take a moment to exit.
+            with contextlib.suppress(OSError):
+                agent_dir.parent.rmdir()  # The `corral` parent, unless other agents use it.
         return True
 
     def adopt(self, handle: str) -> TaskCgroup | None:
