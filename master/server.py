@@ -68,7 +68,7 @@ class RunningMaster:
         self.master: Master | None = None
         self.etcd: Etcd | None = None
         #: Set when this master cannot go on (a registry it must not overwrite).
-        self.fatal: asyncio.Future[RegistryError] = asyncio.get_running_loop().create_future()
+        self.fatal: asyncio.Future[Exception] = asyncio.get_running_loop().create_future()
         self._fenced = asyncio.Event()
         self._leading_task: asyncio.Task[None] | None = None
 
@@ -143,7 +143,18 @@ class RunningMaster:
         await self.election.resign()
 
     async def _lead_forever(self) -> None:
-        """Campaign, lead until leadership is lost, step down; again and again."""
+        """Campaign, lead until leadership is lost, step down; again and again.
+
+        Should this loop fail (a bug), the master stops rather than standing by forever.
+        """
+        try:
+            await self._lead_loop()
+        except Exception as exc:
+            logger.exception("the leadership loop failed; stopping the master")
+            if not self.fatal.done():
+                self.fatal.set_result(exc)
+
+    async def _lead_loop(self) -> None:
         while True:
             if self.master is not None:
                 # Already in office (a single master takes it in `start`): a

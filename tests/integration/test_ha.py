@@ -135,15 +135,20 @@ def test_a_paused_leader_is_fenced_when_it_resumes(cluster: Cluster, etcd_server
         assert new is not old
     finally:
         old.signal(signal.SIGCONT)
-    # Resumed, the old leader must not act: it says it does not lead and refuses calls.
+    # Resumed, the old leader must not act, from its first answer on: it says
+    # it does not lead and refuses calls, then tears its state machine down.
     state = wait_for(lambda: cluster.master_state(old.address), 10, "the resumed master to answer")
     assert not state.leading
-    assert state.leader.address == new.address
     error = refusal(old.address)
     assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert [p.address for p in cluster.leaders()] == [new.address]
     assert len(masters) == 2
-    assert "stepping down" in old.output()
+    wait_for(lambda: "stepping down" in old.output(), 10, "the old leader to step down")
+    wait_for(
+        lambda: cluster.master_state(old.address).leader.address == new.address,
+        10,
+        "the old leader to name the new one",
+    )
 
 
 def test_a_prefix_holding_garbage_is_refused_and_left_alone(
