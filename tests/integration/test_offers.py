@@ -101,15 +101,17 @@ def test_drf_weights_split_a_contended_cluster_by_role(cluster: Cluster) -> None
     """Two frameworks that take everything they are offered, in roles weighted
     3:1, end up holding about three quarters and a quarter of the cpus."""
     cluster.start_master("--weights", "heavy:3;light:1")
-    for _ in range(8):
-        cluster.start_agent(resources="cpus:1;mem:256")
-    cluster.wait_agents(8)
     heavy = RawFramework(cluster.master_address, name="heavy", roles=("heavy",))
     light = RawFramework(cluster.master_address, name="light", roles=("light",))
     held = {"heavy": 0, "light": 0}
     try:
+        # Both compete before any resource exists: each agent, as it joins,
+        # goes to the role with the lower weighted share.
         heavy.subscribe()
         light.subscribe()
+        for _ in range(8):
+            cluster.start_agent(resources="cpus:1;mem:256")
+        cluster.wait_agents(8)
         pending = {"heavy": heavy, "light": light}
         for _ in range(200):
             if sum(held.values()) == 8:
@@ -120,6 +122,12 @@ def test_drf_weights_split_a_contended_cluster_by_role(cluster: Cluster) -> None
                 except queue.Empty:
                     continue
                 for offer in event.offers.offers if event.HasField("offers") else ():
+                    cpus = sum(r.scalar for r in offer.resources if r.name == "cpus")
+                    if cpus < 1:  # what is left beside a task already running there
+                        fw.call(
+                            "Decline", offer_ids=[offer.id], filters=scheduler_pb2.Filters(refuse_seconds=600)
+                        )
+                        continue
                     task = task_info(f"{name}-{offer.agent_id}", offer.agent_id, "sleep 120", cpus=1, mem=32)
                     fw.call("Accept", offer_ids=[offer.id], operations=launch(task))
                     held[name] += 1
