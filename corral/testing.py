@@ -199,7 +199,7 @@ class Cluster:
         are killed here rather than by their agent)."""
         from agent.isolation import cgroups  # Only the harness's clean-up needs it.
 
-        found, _ = cgroups.detect()
+        found, _ = cgroups.detect(setup=False)
         if found is None:
             return
         for id_file in self.root.glob("*/agent_id"):

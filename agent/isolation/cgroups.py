@@ -307,22 +307,25 @@ class Cgroups:
             (pids / "pids.max").write_text(str(limits.pids))
 
 
-def detect(root: Path = CGROUP_ROOT) -> tuple[Cgroups | None, str]:
-    """The cgroup tree to use, or None and why not (logged once by the caller)."""
+def detect(root: Path = CGROUP_ROOT, *, setup: bool = True) -> tuple[Cgroups | None, str]:
+    """The cgroup tree to use, or None and why not (logged once by the caller).
+
+    With `setup` false nothing is created or moved: only where the cgroups are (for
+    clean-up by a test harness, which must not move itself into a leaf)."""
     if os.geteuid() != 0:
         return None, "not running as root"
     try:
         own = _own_cgroups()
         if (root / "cgroup.controllers").exists():
-            return _detect_v2(root, own.get("", "/"))
+            return _detect_v2(root, own.get("", "/"), setup)
         if (root / "memory" / "cgroup.procs").exists():
-            return _detect_v1(root, own)
+            return _detect_v1(root, own, setup)
     except OSError as exc:
         return None, f"cannot set up cgroups: {exc.strerror or exc}"
     return None, f"no cgroup v2 ({root}/cgroup.controllers) nor v1 memory hierarchy ({root}/memory)"
 
 
-def _detect_v1(root: Path, own: dict[str, str]) -> tuple[Cgroups | None, str]:
+def _detect_v1(root: Path, own: dict[str, str], setup: bool) -> tuple[Cgroups | None, str]:
     bases: dict[str, Path] = {}
     homes: dict[str, Path] = {}
     for name in V1_CONTROLLERS:
@@ -332,19 +335,24 @@ def _detect_v1(root: Path, own: dict[str, str]) -> tuple[Cgroups | None, str]:
         home = mount / own.get(name, "/").lstrip("/")
         homes[name] = home
         bases[name] = home / CORRAL
-        bases[name].mkdir(exist_ok=True)
+        if setup:
+            bases[name].mkdir(exist_ok=True)
     if "memory" not in bases:
         return None, "the cgroup v1 memory controller is not mounted"
     return Cgroups(1, bases, homes), ""
 
 
-def _detect_v2(root: Path, own: str) -> tuple[Cgroups | None, str]:
+def _detect_v2(root: Path, own: str, setup: bool) -> tuple[Cgroups | None, str]:
     home = root / own.lstrip("/")
     available = set((home / "cgroup.controllers").read_text().split())
     controllers = [c for c in V2_CONTROLLERS if c in available]
     if "memory" not in controllers:
         return None, f"the memory controller is not available in {home}"
     base = home / CORRAL
+    if not setup:
+        if home.name == AGENT_LEAF:  # This process is an agent that moved itself already.
+            home, base = home.parent, home.parent / CORRAL
+        return Cgroups(2, {c: base for c in controllers}, {c: home for c in controllers}), ""
     if home != root:
         # No internal processes in v2: the agent leaves its cgroup for a leaf first.
         leaf = home / AGENT_LEAF
