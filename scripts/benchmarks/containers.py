@@ -337,6 +337,8 @@ def run(args: argparse.Namespace) -> dict[str, object]:
                     for name, phase in phases[shift:] + phases[:shift]:
                         times[name].append(phase(repeat))
                 medians = {name: statistics.median(values) for name, values in times.items()}
+                for name, values in times.items():
+                    result[f"n{count}_{name}_runs_s"] = ", ".join(f"{v:.2f}" for v in values)
                 result[f"n{count}_corral_s"] = medians["corral"]
                 result[f"n{count}_direct_sdk_s"] = medians["direct_sdk"]
                 result[f"n{count}_ratio_to_direct"] = medians["corral"] / medians["direct_sdk"]
