@@ -98,7 +98,9 @@ class Agent:
         self.agent_id = _read_agent_id(self._agent_id_path)
         self.resources = host_resources(work_dir, config.resources)
         self.attributes = parse_attributes(config.attributes)
-        options = ContainerizerOptions(work_dir=work_dir, environment=dict(environment))
+        options = ContainerizerOptions(
+            work_dir=work_dir, environment=dict(environment), isolation=config.isolation
+        )
         self._task_environment = options.environment
         self._containerizers = {name: create(name, options) for name in config.containerizer_names}
         self._tasks: dict[TaskKey, _Task] = {}

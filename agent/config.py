@@ -27,6 +27,7 @@ ENV_PREFIX: Final = "CORRAL_AGENT_"
 ROOT_WORK_DIR: Final = Path("/var/lib/corral/agent")
 LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 RECOVER_MODES: Final = ("reconnect", "cleanup")
+ISOLATION_MODES: Final = ("cgroups", "none")
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,11 @@ class AgentConfig:
         "after a restart: 'reconnect' re-adopts the checkpointed tasks and registers with the "
         "same agent id; 'cleanup' kills them and registers as a new agent",
     )
+    isolation: str = setting(
+        "cgroups",
+        "process tasks: 'cgroups' puts each in its own cgroup with cpu, memory and pids limits "
+        "(when root and cgroups exist); 'none' contains them by process group only",
+    )
     log_level: str = setting("INFO", "DEBUG, INFO, WARNING or ERROR")
     log_json: bool = setting(False, "log JSON lines instead of text")
 
@@ -85,6 +91,8 @@ class AgentConfig:
             raise ConfigError(
                 f"kill_grace_period: must be a non-negative number of seconds, got {self.kill_grace_period}"
             )
+        if self.isolation not in ISOLATION_MODES:
+            raise ConfigError(f"isolation: {self.isolation!r} is not one of {', '.join(ISOLATION_MODES)}")
         if self.recover not in RECOVER_MODES:
             raise ConfigError(f"recover: {self.recover!r} is not one of {', '.join(RECOVER_MODES)}")
         if self.log_level.upper() not in LOG_LEVELS:

@@ -115,10 +115,12 @@ class ContainerizerOptions:
 
     `environment` is the part of the agent's own environment that tasks inherit
     (PATH, LANG); entry points choose it, containerizers never read os.environ.
+    `isolation` is the agent's --isolation: "cgroups" or "none".
     """
 
     work_dir: Path
     environment: Mapping[str, str]
+    isolation: str = "cgroups"
 
 
 class Containerizer(abc.ABC):

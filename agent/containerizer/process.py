@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import re
@@ -145,7 +146,10 @@ class ProcessContainerizer(Containerizer):
         self._processes: dict[TaskKey, _Process] = {}
         # Every task's stdin; opened once rather than once per launch.
         self._devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
-        self._cgroups, why_not = cgroups.detect()
+        if options.isolation == "none":
+            self._cgroups, why_not = None, "--isolation none"
+        else:
+            self._cgroups, why_not = cgroups.detect()
         if self._cgroups is not None:
             logger.info(
                 "process containerizer: each task in its own cgroup with cpu, memory and pids limits (%s)",
@@ -479,9 +483,8 @@ class ProcessContainerizer(Containerizer):
         if proc is None:
             return {}
         if proc.start_time is None:
-            try:
-                proc.start_time = psutil.Process(proc.pid).create_time()
-            except psutil.Error:
+            proc.start_time = _start_time(proc.pid)
+            if proc.start_time is None:
                 return {}  # It ended already: there is nothing to re-adopt.
         handle = {"pid": str(proc.pid), "start_time": repr(proc.start_time), "sandbox": str(proc.sandbox)}
         if proc.cgroup is not None:
@@ -651,13 +654,42 @@ def _out_of_memory(mem_mb: float, outcome: TaskExit) -> TaskExit:
     )
 
 
+_CLOCK_TICKS: Final = os.sysconf("SC_CLK_TCK")
+
+
+@functools.cache
+def _boot_time() -> float:
+    """The host's boot time, read once (psutil.boot_time reads /proc/stat each call)."""
+    return psutil.boot_time()
+
+
+def _stat(pid: int) -> list[bytes] | None:
+    """The fields of /proc/<pid>/stat after the command name, or None when gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    return data[data.rindex(b")") + 2 :].split()
+
+
+def _start_time(pid: int) -> float | None:
+    """When `pid` started, computed as psutil's create_time is (boot time plus the
+    start ticks in /proc/<pid>/stat) but from one read: this runs once per launch."""
+    fields = _stat(pid)
+    return None if fields is None else _started(fields)
+
+
+def _started(fields: list[bytes]) -> float:
+    return _boot_time() + int(fields[19]) / _CLOCK_TICKS
+
+
 def _same_process(pid: int, start_time: float) -> bool:
     """Whether `pid` is still the process that started at `start_time`, and alive."""
-    try:
-        process = psutil.Process(pid)
-        return abs(process.create_time() - start_time) < 0.01 and process.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
+    fields = _stat(pid)
+    if fields is None or fields[0] == b"Z":
         return False
+    return abs(_started(fields) - start_time) < 0.01
 
 
 def _zombie_exit_code(pid: int) -> int | None:

@@ -32,6 +32,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--agent-cpus", type=int, default=8)
     parser.add_argument("--task-cpus", type=float, default=0.1)
     parser.add_argument("--timeout", type=float, default=300.0)
+    parser.add_argument(
+        "--isolation",
+        choices=("both", "none", "cgroups"),
+        default="both",
+        help="agents' --isolation; cgroups applies only when run as root (default: both, side by side)",
+    )
 
 
 # -- the physical limit: spawning the same commands directly ---------------
@@ -152,12 +158,9 @@ async def run_framework(address: str, bench: LaunchBench, timeout: float) -> Non
             await asyncio.gather(runner, return_exceptions=True)
 
 
-def run(args: argparse.Namespace) -> dict[str, object]:
-    """Two phases on one cluster: paced (one task in flight at a time: the
-    pipeline's own latency) and burst (as many as fit: throughput, and the
-    latency a task sees when it queues behind hundreds of others)."""
-    command = "true"
-    concurrency = int(args.agents * args.agent_cpus / args.task_cpus)
+def measure(args: argparse.Namespace, isolation: str) -> tuple[LaunchBench, LaunchBench]:
+    """The paced and the burst phase on one fresh cluster whose agents run
+    with `--isolation isolation`."""
     with tempfile.TemporaryDirectory(prefix="corral-bench-") as tmp:
         cluster = Cluster(Path(tmp))
         try:
@@ -166,36 +169,58 @@ def run(args: argparse.Namespace) -> dict[str, object]:
                 cluster.start_agent(
                     "--log-level",
                     "WARNING",
+                    "--isolation",
+                    isolation,
                     resources=f"cpus:{args.agent_cpus};mem:{args.agent_cpus * 1024};ports:[31000-31999]",
                 )
             cluster.wait_agents(args.agents)
-            paced = LaunchBench(args.paced_tasks, command, args.task_cpus, 16, max_in_flight=1, prefix="p")
+            paced = LaunchBench(args.paced_tasks, "true", args.task_cpus, 16, max_in_flight=1, prefix="p")
             asyncio.run(run_framework(cluster.master_address, paced, args.timeout))
-            burst = LaunchBench(args.tasks, command, args.task_cpus, 16, prefix="b")
+            burst = LaunchBench(args.tasks, "true", args.task_cpus, 16, prefix="b")
             asyncio.run(run_framework(cluster.master_address, burst, args.timeout))
         finally:
             cluster.close()
-    direct = direct_spawn_rate(args.tasks, concurrency, command)
+    return paced, burst
+
+
+def run(args: argparse.Namespace) -> dict[str, object]:
+    """Two phases per isolation mode: paced (one task in flight at a time: the
+    pipeline's own latency) and burst (as many as fit: throughput, and the
+    latency a task sees when it queues behind hundreds of others); then the
+    direct-spawn limit at the burst's concurrency."""
+    concurrency = int(args.agents * args.agent_cpus / args.task_cpus)
+    modes = ["none", "cgroups"] if args.isolation == "both" else [args.isolation]
+    measured = {mode: measure(args, mode) for mode in modes}
+    direct = direct_spawn_rate(args.tasks, concurrency, "true")
 
     def latencies(bench: LaunchBench) -> list[float]:
         return [bench.running_time[t] - bench.offer_time[t] for t in bench.running_time]
 
-    elapsed = max(burst.finished_time.values()) - burst.first_accept
-    corral_rate = len(burst.finished_time) / elapsed
-    return {
+    result: dict[str, object] = {
         "benchmark": "launch",
         "agents": args.agents,
         "paced_tasks": args.paced_tasks,
         "burst_tasks": args.tasks,
         "burst_concurrency": concurrency,
-        "failed": len(paced.failed) + len(burst.failed),
-        "paced_offer_to_running_p50_ms": percentile(latencies(paced), 50) * 1000,
-        "paced_offer_to_running_p99_ms": percentile(latencies(paced), 99) * 1000,
         "direct_spawn_p50_ms": direct["spawn_p50_ms"],
-        "burst_offer_to_running_p50_ms": percentile(latencies(burst), 50) * 1000,
-        "burst_offer_to_running_p99_ms": percentile(latencies(burst), 99) * 1000,
-        "corral_tasks_per_s": corral_rate,
         "direct_spawn_tasks_per_s": direct["tasks_per_s"],
-        "ratio_to_direct": corral_rate / direct["tasks_per_s"],
-        "failures": (paced.failed + burst.failed)[:5],
     }
+    failures: list[str] = []
+    for mode, (paced, burst) in measured.items():
+        elapsed = max(burst.finished_time.values()) - burst.first_accept
+        rate = len(burst.finished_time) / elapsed
+        suffix = f"_isolation_{mode}"
+        result.update(
+            {
+                f"paced_offer_to_running_p50_ms{suffix}": percentile(latencies(paced), 50) * 1000,
+                f"paced_offer_to_running_p99_ms{suffix}": percentile(latencies(paced), 99) * 1000,
+                f"burst_offer_to_running_p50_ms{suffix}": percentile(latencies(burst), 50) * 1000,
+                f"burst_offer_to_running_p99_ms{suffix}": percentile(latencies(burst), 99) * 1000,
+                f"corral_tasks_per_s{suffix}": rate,
+                f"ratio_to_direct{suffix}": rate / direct["tasks_per_s"],
+            }
+        )
+        failures += paced.failed + burst.failed
+    result["failed"] = len(failures)
+    result["failures"] = failures[:5]
+    return result

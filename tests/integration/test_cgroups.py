@@ -153,3 +153,17 @@ def _assert_limits(cgroup: cgroups.TaskCgroup, *, cpus: float, mem_mb: float) ->
         assert (dirs["cpu"] / "cpu.cfs_quota_us").read_text().strip() == str(int(cpus * 100_000))
         assert (dirs["cpu"] / "cpu.shares").read_text().strip() == str(int(cpus * 1024))
         assert (dirs["pids"] / "pids.max").read_text().strip() != "max"
+
+
+def test_with_isolation_none_a_task_gets_no_cgroup(cluster: Cluster, tree: cgroups.Cgroups) -> None:
+    cluster.start_master()
+    cluster.start_agent("--isolation", "none")
+    agent_id = cluster.wait_agents(1).agents[0].id
+    recorder = Recorder([TaskSpec("sleep 60", task_id="plain")])
+
+    async def body(driver: SchedulerDriver) -> None:
+        await recorder.until(lambda: recorder.in_state("plain", S.TASK_RUNNING), what="RUNNING")
+        assert not tree.task(agent_id, recorder.framework_id, "plain").exists()
+        await driver.teardown()
+
+    asyncio.run(with_driver(recorder, cluster.master_address, body))

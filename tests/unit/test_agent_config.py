@@ -54,6 +54,7 @@ def test_default_work_dir_depends_on_who_runs_the_agent() -> None:
         (["--attributes", "rack"], "attributes: 'rack': expected NAME:VALUE"),
         (["--log-level", "LOUD"], "log_level: 'LOUD' is not one of"),
         (["--recover", "maybe"], "recover: 'maybe' is not one of reconnect, cleanup"),
+        (["--isolation", "chroot"], "isolation: 'chroot' is not one of cgroups, none"),
     ],
 )
 def test_bad_settings_are_usage_errors_that_name_the_setting(
