@@ -127,17 +127,7 @@ def health_check_problems(check: common_pb2.HealthCheck) -> Iterable[str]:
         command = check.command
         if not command.value:
             yield "health_check.command.value is empty: a COMMAND check needs a command"
-        if len(command.value) > MAX_COMMAND_CHARS:
-            yield f"health_check.command.value is longer than {MAX_COMMAND_CHARS} characters"
-        if len(command.arguments) > MAX_ARGUMENTS:
-            yield f"health_check.command has more than {MAX_ARGUMENTS} arguments"
-        if len(command.environment) > MAX_ENVIRONMENT:
-            yield f"health_check.command has more than {MAX_ENVIRONMENT} environment variables"
-        for name in command.environment:
-            if not name or "=" in name or "\0" in name:
-                yield f"health_check.command environment variable name {name!r} is not allowed"
-        if any("\0" in arg for arg in (command.value, *command.arguments, *command.environment.values())):
-            yield "health_check.command contains a NUL character"
+        yield from _command_problems(command, "health_check.command")
     elif check.type in (kinds.TCP, kinds.HTTP):
         if not 1 <= check.port <= 65535:
             yield f"health_check.port must be between 1 and 65535, got {check.port}"
@@ -153,20 +143,27 @@ def health_check_problems(check: common_pb2.HealthCheck) -> Iterable[str]:
         yield "health_check.type must be COMMAND, TCP or HTTP"
 
 
+def _command_problems(command: common_pb2.CommandInfo, where: str) -> Iterable[str]:
+    """Size and character limits of a command (a task's, or a COMMAND health check's)."""
+    if len(command.value) > MAX_COMMAND_CHARS:
+        yield f"{where}.value is longer than {MAX_COMMAND_CHARS} characters"
+    if len(command.arguments) > MAX_ARGUMENTS:
+        yield f"{where} has more than {MAX_ARGUMENTS} arguments"
+    if len(command.environment) > MAX_ENVIRONMENT:
+        yield f"{where} has more than {MAX_ENVIRONMENT} environment variables"
+    for name in command.environment:
+        if not name or "=" in name or "\0" in name:
+            yield f"{where} environment variable name {name!r} is not allowed"
+    if any("\0" in arg for arg in (command.value, *command.arguments, *command.environment.values())):
+        yield f"{where} contains a NUL character"
+
+
 def _task_problems(task: common_pb2.TaskInfo) -> Iterable[str]:
     command = task.command
     if not command.value and not (task.containerizer == "docker" and not command.shell):
         # A docker task may leave it empty: its image's own command runs.
         yield "command.value is empty: give a shell command or an executable"
-    if len(command.value) > MAX_COMMAND_CHARS:
-        yield f"command.value is longer than {MAX_COMMAND_CHARS} characters"
-    if len(command.arguments) > MAX_ARGUMENTS:
-        yield f"more than {MAX_ARGUMENTS} arguments"
-    if len(command.environment) > MAX_ENVIRONMENT:
-        yield f"more than {MAX_ENVIRONMENT} environment variables"
-    for name in command.environment:
-        if not name or "=" in name or "\0" in name:
-            yield f"environment variable name {name!r} is not allowed"
+    yield from _command_problems(command, "command")
     if task.containerizer not in CONTAINERIZERS:
         yield f"containerizer {task.containerizer!r} is unknown; use 'process' or 'docker'"
     if len(task.name) > MAX_NAME_CHARS:

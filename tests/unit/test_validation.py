@@ -153,3 +153,9 @@ def test_tasks_are_charged_to_the_role_whose_offer_fits():
 def test_bad_framework_info_is_refused(info, fragment):
     with pytest.raises(Rejected, match=fragment):
         check_framework_info(info)
+
+
+def test_a_nul_in_a_task_command_is_refused():
+    bad = task("t1", "a1", command="echo a\0b")
+    with pytest.raises(Rejected, match="command contains a NUL character"):
+        plan_accept(FW, ["o1"], launch(bad), OFFERS, set())
