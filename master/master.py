@@ -282,6 +282,8 @@ class Master:
             framework.link.send(scheduler_pb2.Event(rescind=scheduler_pb2.Event.Rescind(offer_id=offer_id)))
 
     def _offer_expired(self, offer_id: str) -> None:
+        if not self.may_act():
+            return  # a deposed leader changes nothing; its offers die with its streams
         if offer_id in self.offers.by_id:
             logger.info("offer %s timed out; rescinding it", offer_id, extra=_ctx(offer_id=offer_id))
             self._rescind(offer_id)
@@ -747,6 +749,8 @@ class Master:
             framework.failover_timer = self._loop.call_later(timeout, self._failover_expired, framework.id)
 
     def _failover_expired(self, framework_id: str) -> None:
+        if not self.may_act():
+            return  # the next leader times the framework out from its own registry
         framework = self.frameworks.get(framework_id)
         if framework is not None and framework.link is None:
             logger.info(
