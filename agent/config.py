@@ -20,6 +20,7 @@ from typing import Final
 
 from agent.containerizer import known_containerizers
 from agent.resources import parse_attributes
+from corral import discovery
 from corral.config import ConfigError, load, setting
 from corral.resources import Resources
 
@@ -36,7 +37,8 @@ class AgentConfig:
 
     master: str = setting(
         "127.0.0.1:5050",
-        "the master's HOST:PORT; a comma-separated list is tried in turn",
+        "the master's HOST:PORT; a comma-separated list is tried in turn; or "
+        "etcd://HOST:PORT[,...][/CLUSTER] to look the leader up in etcd before every attempt",
     )
     work_dir: str = setting(
         "",
@@ -108,7 +110,10 @@ class AgentConfig:
 
     @property
     def masters(self) -> tuple[str, ...]:
-        """The master addresses, in the order they are tried."""
+        """The master addresses, in the order they are tried; or the one etcd
+        spec (etcd://...) the leader is looked up in before every attempt."""
+        if discovery.is_etcd(self.master):
+            return (self.master.strip(),)
         return tuple(a.strip() for a in self.master.split(",") if a.strip())
 
     @property
@@ -121,6 +126,12 @@ class AgentConfig:
 
 
 def _check_address(address: str) -> None:
+    if discovery.is_etcd(address):
+        try:
+            discovery.parse(address)
+        except ValueError as exc:
+            raise ConfigError(f"master: {exc}") from None
+        return
     host, sep, port = address.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ConfigError(f"master: {address!r} is not HOST:PORT (e.g. 127.0.0.1:5050)")

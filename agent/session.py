@@ -21,7 +21,7 @@ from typing import Final, Protocol
 
 import grpc
 
-from corral import ids, net
+from corral import discovery, ids, net
 from corral.v1 import agent_pb2, agent_pb2_grpc
 
 logger = logging.getLogger(__name__)
@@ -107,13 +107,17 @@ class Session:
         while True:
             address = self._redirect or self._masters[index % len(self._masters)]
             self._redirect = None
-            if await self._connect_once(address):
+            discovered = discovery.is_etcd(address)
+            if discovered:
+                # Ask etcd who leads now; nobody (or no etcd) counts as a failed try.
+                address = await discovery.find_leader(address) or ""
+            if address and await self._connect_once(address):
                 backoff = self._initial_backoff
             elif not self._redirect:
                 # Never got registered there: try the next master (or, when a
                 # standby named the leader, that one next).
                 index += 1
-            if self._standby_refused or len(self._masters) > 1:
+            if self._standby_refused or len(self._masters) > 1 or discovered:
                 # A master answered but does not lead, or one of several masters
                 # is gone: an election is under way or just ended (the leader
                 # named may still be the dead one until its lease expires), so

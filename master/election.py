@@ -27,6 +27,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Final
 
+from corral.discovery import election_key
 from corral.etcd import Etcd, EtcdUnavailable, KeptLease, WatchEvent
 
 logger = logging.getLogger(__name__)
@@ -109,10 +110,6 @@ class StandaloneElection(Election):
 
     async def resign(self) -> None:
         self._closed.set()
-
-
-def election_key(cluster: str) -> str:
-    return f"/corral/{cluster}/leader"
 
 
 def encode_leader(address: str, master_id: str, since: float) -> bytes:

@@ -12,9 +12,10 @@ import asyncio
 import time
 
 from corral.cli import common
+from corral.discovery import election_key
 from corral.etcd import Etcd, EtcdUnavailable, parse_endpoints
 from corral.v1 import common_pb2
-from master.election import decode_leader, election_key
+from master.election import decode_leader
 
 
 def describe(info: common_pb2.LeaderInfo) -> str:

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Final
 import grpc
 import grpc.aio
 
+from corral import discovery
 from corral.net import aio_channel
 from corral.v1 import common_pb2, scheduler_pb2, scheduler_pb2_grpc
 from frameworks.sdk.errors import CallError, NotSubscribed
@@ -73,7 +74,9 @@ class SchedulerDriver:
     host's name.
 
     `master` is "host:port", or a comma-separated list of masters that the
-    driver tries in turn; a standby that names the leader is followed.
+    driver tries in turn; a standby that names the leader is followed. Or
+    `etcd://HOST:PORT[,...][/CLUSTER]`: the leader named in etcd is looked up
+    before every subscription attempt (see corral.discovery).
 
     With `implicit_acknowledgements` (the default) the driver acknowledges
     every update that carries a uuid once the `update` callback returned,
@@ -113,7 +116,11 @@ class SchedulerDriver:
             info.principal = principal or ""
         info.name = info.name or type(scheduler).__name__
         info.hostname = info.hostname or socket.gethostname()
-        addresses = [a.strip() for a in master.split(",") if a.strip()]
+        if discovery.is_etcd(master):
+            discovery.parse(master)  # ValueError names what is wrong with it
+            addresses = [master.strip()]
+        else:
+            addresses = [a.strip() for a in master.split(",") if a.strip()]
         if not addresses:
             raise ValueError(f"no master address in {master!r}; expected host:port[,host:port...]")
 
@@ -192,7 +199,12 @@ class SchedulerDriver:
         delay = BACKOFF_INITIAL
         try:
             while not self._stopping:
-                reached = await self._session(self._pick_address())
+                address = self._pick_address()
+                discovered = discovery.is_etcd(address)
+                if discovered:
+                    # Ask etcd who leads now; nobody leading counts as a failed try.
+                    address = await discovery.find_leader(address) or ""
+                reached = bool(address) and await self._session(address)
                 if self._stopping:
                     break
                 if reached:
@@ -201,7 +213,8 @@ class SchedulerDriver:
                 await self._pause(delay * random.uniform(0.5, 1.0))
                 # With several masters a failover is likely under way (a standby
                 # may still name the dead leader until its lease expires): retry briskly.
-                delay = min(delay * 2, BACKOFF_MAX if len(self._addresses) == 1 else BACKOFF_MAX_REPLICATED)
+                replicated = len(self._addresses) > 1 or discovered
+                delay = min(delay * 2, BACKOFF_MAX_REPLICATED if replicated else BACKOFF_MAX)
         except asyncio.CancelledError:
             if teardown_on_cancel and not self._gone:
                 log.error(

@@ -25,6 +25,7 @@ from corral.states import is_terminal
 from corral.testing import Cluster, EtcdServer, Process, wait_for
 from corral.v1 import common_pb2, registry_pb2, scheduler_pb2, scheduler_pb2_grpc
 from frameworks import CallError, NotSubscribed, Scheduler, SchedulerDriver, TaskSpec, pack
+from tests.integration.test_end_to_end import Recorder, with_driver
 from tests.integration.test_etcd_adapter import require_etcd
 from tests.rawclient import RawFramework, launch, task_info
 
@@ -462,3 +463,34 @@ def test_a_framework_that_does_not_come_back_after_failover_is_torn_down_after_i
         30,
         "the task's process to end",
     )
+
+
+def test_agents_and_frameworks_given_only_etcd_find_the_leader_and_follow_it(
+    cluster: Cluster, etcd_server: EtcdServer
+) -> None:
+    cluster.start_masters(3, etcd_server.url, ttl=TTL)
+    old = cluster.wait_leader()
+    # The masters' addresses are overridden: this agent only knows etcd.
+    cluster.start_agent("--master", etcd_server.url)
+    cluster.wait_agents(1)
+    recorder = Recorder([TaskSpec("sleep 120", task_id="found")])
+
+    async def body(driver: SchedulerDriver) -> None:
+        await recorder.until(lambda: recorder.in_state("found", common_pb2.TASK_RUNNING), what="RUNNING")
+        assert driver.master == old.address
+        old.signal(signal.SIGKILL)
+        new = await asyncio.to_thread(cluster.wait_leader, TTL + MARGIN)
+        await asyncio.to_thread(cluster.wait_agents, 1, "active", 30.0)
+        await recorder.until(
+            lambda: driver.subscribed and driver.master == new.address,
+            timeout=30,
+            what="resubscription at the new leader",
+        )
+        await driver.teardown()
+
+    asyncio.run(with_driver(recorder, etcd_server.url, body, failover_timeout=60))
+
+
+def test_a_malformed_etcd_master_is_refused_up_front() -> None:
+    with pytest.raises(ValueError, match="not HOST:PORT"):
+        SchedulerDriver(Scheduler(), master="etcd://nohost")
