@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import os
 import signal
-from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +22,22 @@ import pytest
 import agent.containerizer.process as process_module
 from agent.containerizer import ContainerizerOptions, LaunchError, LaunchSpec, TaskExit, create
 from agent.containerizer.process import ProcessContainerizer
+from agent.isolation import cgroups
 from corral.v1 import common_pb2
 
 pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(autouse=True)
+def _remove_task_cgroups() -> Iterator[None]:
+    """As root the containerizer puts tasks in cgroups named by AGENT, framework and
+    task; remove them after every test (also a failed one), so that the next test's
+    task of the same name never meets a cgroup still being torn down."""
+    yield
+    found, _ = cgroups.detect(setup=False)
+    if found is not None:
+        found.remove_agent(AGENT)
+
 
 FW = "fw-test"
 AGENT = "agent-test"
