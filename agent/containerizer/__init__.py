@@ -26,7 +26,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import importlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Final
@@ -107,6 +107,52 @@ class RecoverSpec:
     @property
     def key(self) -> TaskKey:
         return (self.framework_id, self.task.task_id)
+
+
+@dataclass(eq=False, slots=True)
+class KillSequence:
+    """A kill policy under way, as every containerizer applies it: SIGTERM at
+    once, SIGKILL when the grace period ends. A second kill request may only
+    bring SIGKILL forward. Containerizers say how to signal; this keeps time."""
+
+    requested: bool = False
+    grace_period: float = 0.0
+    escalated: bool = False
+    timer: asyncio.TimerHandle | None = None
+
+    def start(
+        self, loop: asyncio.AbstractEventLoop, grace_period: float, escalate: Callable[[], None]
+    ) -> bool:
+        """Arm `escalate` (the SIGKILL) `grace_period` seconds from now; True when
+        this is the first request, so the caller sends SIGTERM."""
+        deadline = loop.time() + grace_period
+        if self.requested:
+            if self.timer is not None and deadline < self.timer.when():
+                self.timer.cancel()
+                self.grace_period = grace_period
+                self.timer = loop.call_at(deadline, self._escalate, escalate)
+            return False
+        self.requested = True
+        self.grace_period = grace_period
+        self.timer = loop.call_at(deadline, self._escalate, escalate)
+        return True
+
+    def _escalate(self, escalate: Callable[[], None]) -> None:
+        self.timer = None
+        self.escalated = True
+        escalate()
+
+    def cancel(self) -> None:
+        """The task ended (or nobody is left to finish the kill): no SIGKILL timer."""
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def how(self) -> str:
+        """How the task was killed, for its terminal status message."""
+        if self.escalated:
+            return f"SIGTERM, then SIGKILL after the {self.grace_period:g} s grace period"
+        return "SIGTERM"
 
 
 @dataclass(frozen=True, slots=True)

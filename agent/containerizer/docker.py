@@ -40,6 +40,7 @@ import requests.exceptions
 from agent.containerizer import (
     Containerizer,
     ContainerizerOptions,
+    KillSequence,
     LaunchError,
     LaunchSpec,
     RecoverSpec,
@@ -92,10 +93,7 @@ class _Container:
     mem_limit: int = 0
     #: The container's main process on this host, once usage looked it up.
     pid: int = 0
-    kill_requested: bool = False
-    grace_period: float = 0.0
-    escalation: asyncio.TimerHandle | None = None
-    escalated: bool = False
+    kill: KillSequence = field(default_factory=KillSequence)
     #: Set by `close`: the output thread stops without touching the container.
     abandoned: threading.Event = field(default_factory=threading.Event)
 
@@ -339,9 +337,7 @@ class DockerContainerizer(Containerizer):
     def _finish(self, entry: _Container, state: Mapping[str, Any] | None) -> None:
         if self._containers.get(entry.key) is not entry:
             return  # Closed meanwhile: the agent no longer watches this task.
-        if entry.escalation is not None:
-            entry.escalation.cancel()
-            entry.escalation = None
+        entry.kill.cancel()
         del self._containers[entry.key]
         outcome = _outcome(entry, state)
         logger.debug(
@@ -356,27 +352,17 @@ class DockerContainerizer(Containerizer):
         entry = self._containers.get(key)
         if entry is None:
             return
-        deadline = self._loop.time() + grace_period
-        if entry.kill_requested:
-            if entry.escalation is not None and deadline < entry.escalation.when():
-                entry.escalation.cancel()
-                entry.grace_period = grace_period
-                entry.escalation = self._loop.call_at(deadline, self._escalate, entry)
+        if not entry.kill.start(self._loop, grace_period, lambda: self._escalate(entry)):
             return
-        entry.kill_requested = True
-        entry.grace_period = grace_period
         logger.info(
             "stopping container %s: SIGTERM, SIGKILL after %g s",
             entry.container_id[:12],
             grace_period,
             extra=entry.log_context,
         )
-        entry.escalation = self._loop.call_at(deadline, self._escalate, entry)
         await self._call(self._signal, entry, "SIGTERM")
 
     def _escalate(self, entry: _Container) -> None:
-        entry.escalation = None
-        entry.escalated = True
         logger.info(
             "container %s outlived its grace period: SIGKILL",
             entry.container_id[:12],
@@ -551,9 +537,8 @@ class DockerContainerizer(Containerizer):
         self._containers.clear()
         for entry in entries:
             entry.abandoned.set()
-            if entry.kill_requested:
-                if entry.escalation is not None:
-                    entry.escalation.cancel()
+            if entry.kill.requested:
+                entry.kill.cancel()
                 logger.warning(
                     "agent stopping while stopping container %s: SIGKILL now",
                     entry.container_id[:12],
@@ -731,12 +716,8 @@ def _outcome(entry: _Container, state: Mapping[str, Any] | None) -> TaskExit:
     detail = f"the container exited with code {exit_code}"
     if state.get("Error"):
         detail += f" ({state['Error']})"
-    if entry.kill_requested:
-        if entry.escalated:
-            how = f"SIGTERM, then SIGKILL after the {entry.grace_period:g} s grace period"
-        else:
-            how = "SIGTERM"
-        message = f"killed on request ({how}): {detail}"
+    if entry.kill.requested:
+        message = f"killed on request ({entry.kill.how()}): {detail}"
         return TaskExit(common_pb2.TASK_KILLED, common_pb2.REASON_KILLED_BY_FRAMEWORK, message, code)
     if state.get("OOMKilled"):
         limit = f" of {entry.mem_limit // MIB} MiB" if entry.mem_limit else ""

@@ -46,7 +46,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
@@ -55,6 +55,7 @@ import psutil
 from agent.containerizer import (
     Containerizer,
     ContainerizerOptions,
+    KillSequence,
     LaunchError,
     LaunchSpec,
     RecoverSpec,
@@ -120,10 +121,7 @@ class _Process:
     exited: asyncio.Future[TaskExit]
     log_context: dict[str, str]
     pidfd: int | None = None
-    kill_requested: bool = False
-    grace_period: float = 0.0
-    escalation: asyncio.TimerHandle | None = None
-    escalated: bool = False
+    kill: KillSequence = field(default_factory=KillSequence)
     #: psutil's create_time of the process, read when first checkpointed.
     start_time: float | None = None
     cgroup: cgroups.TaskCgroup | None = None
@@ -364,13 +362,11 @@ class ProcessContainerizer(Containerizer):
             proc.pidfd = None
 
     def _finish(self, proc: _Process, returncode: int | None) -> None:
-        if proc.escalation is not None:
-            proc.escalation.cancel()
-            proc.escalation = None
+        proc.kill.cancel()
         del self._processes[proc.key]
         outcome = _outcome(proc, returncode)
         if proc.cgroup is not None:
-            if not proc.kill_requested and proc.cgroup.oom_killed():
+            if not proc.kill.requested and proc.cgroup.oom_killed():
                 outcome = _out_of_memory(proc.mem_mb, outcome)
             self._remove_cgroup(proc.cgroup, proc.log_context)
         logger.debug("pid %d ended: %s", proc.pid, outcome.message, extra=proc.log_context)
@@ -383,24 +379,14 @@ class ProcessContainerizer(Containerizer):
         proc = self._processes.get(key)
         if proc is None:
             return
-        deadline = self._loop.time() + grace_period
-        if proc.kill_requested:
-            if proc.escalation is not None and deadline < proc.escalation.when():
-                proc.escalation.cancel()
-                proc.grace_period = grace_period
-                proc.escalation = self._loop.call_at(deadline, self._escalate, proc)
+        if not proc.kill.start(self._loop, grace_period, lambda: self._escalate(proc)):
             return
-        proc.kill_requested = True
-        proc.grace_period = grace_period
         logger.info(
             "killing pid %d: SIGTERM, SIGKILL after %g s", proc.pid, grace_period, extra=proc.log_context
         )
         self._signal_group(proc, signal.SIGTERM)
-        proc.escalation = self._loop.call_at(deadline, self._escalate, proc)
 
     def _escalate(self, proc: _Process) -> None:
-        proc.escalation = None
-        proc.escalated = True
         logger.info("pid %d outlived its grace period: SIGKILL", proc.pid, extra=proc.log_context)
         self._kill_rest(proc)
 
@@ -553,9 +539,8 @@ class ProcessContainerizer(Containerizer):
         way is SIGKILLed now, since nobody would be left to finish the kill."""
         for proc in list(self._processes.values()):
             self._unwatch(proc)
-            if proc.kill_requested:
-                if proc.escalation is not None:
-                    proc.escalation.cancel()
+            if proc.kill.requested:
+                proc.kill.cancel()
                 logger.warning(
                     "agent stopping while killing pid %d: SIGKILL now", proc.pid, extra=proc.log_context
                 )
@@ -712,18 +697,14 @@ def _zombie_exit_code(pid: int) -> int | None:
 
 def _outcome(proc: _Process, returncode: int | None) -> TaskExit:
     exit_code = returncode if returncode is not None and returncode >= 0 else None
-    if returncode is None and proc.child is None and not proc.kill_requested:
+    if returncode is None and proc.child is None and not proc.kill.requested:
         return TaskExit(common_pb2.TASK_FAILED, common_pb2.REASON_AGENT_RESTARTED, UNKNOWN_EXIT)
     if returncode is None:
         detail = "its exit status was lost: another process reaped it"
     else:
         detail = _describe(returncode)
-    if proc.kill_requested:
-        if proc.escalated:
-            how = f"SIGTERM, then SIGKILL after the {proc.grace_period:g} s grace period"
-        else:
-            how = "SIGTERM"
-        message = f"killed on request ({how}): {detail}"
+    if proc.kill.requested:
+        message = f"killed on request ({proc.kill.how()}): {detail}"
         return TaskExit(common_pb2.TASK_KILLED, common_pb2.REASON_KILLED_BY_FRAMEWORK, message, exit_code)
     if returncode == 0:
         return TaskExit(common_pb2.TASK_FINISHED, common_pb2.REASON_COMMAND_EXITED, detail, exit_code)
